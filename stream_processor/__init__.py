@@ -1,0 +1,10 @@
+"""erofs-stream-processor: compressed EROFS layers in, validated raw EROFS images out.
+
+The package is laid out along the data's path: ``source`` (stdin) ->
+``zstd_codec`` / ``gzip_codec`` (chosen by ``compression``) -> ``validator``
+(EROFS ``superblock``) -> ``sink`` (stdout). ``decode`` wires them together;
+``cli`` only parses arguments.
+"""
+
+__version__ = "0.1.0"
+PROG = "erofs-stream-processor"

@@ -1,0 +1,134 @@
+"""``erofs-stream-processor [decode]``: the stream processor containerd runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from types import FrameType
+
+from stream_processor import log
+from stream_processor.decode import DecodeOptions, DecodeResult, decode
+from stream_processor.errors import (
+    EXIT_OK,
+    EXIT_SIGPIPE,
+    EXIT_SIGTERM,
+    ProcessorError,
+    ReaderGone,
+    Terminated,
+    UsageError,
+)
+from stream_processor.mediatypes import ENV_MEDIA_TYPE
+from stream_processor.payload import PayloadDrain
+from stream_processor.validator import DEFAULT_MAX_OUTPUT
+from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
+
+_SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``4194304``, ``4MiB``, ``4M``, ``64GiB`` -> bytes."""
+    raw = text.strip().lower().removesuffix("ib").removesuffix("b")
+    factor = 1
+    if raw and raw[-1] in _SUFFIXES:
+        factor = _SUFFIXES[raw[-1]]
+        raw = raw[:-1]
+    try:
+        value = int(raw) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Read a compressed EROFS layer on stdin and write the validated raw EROFS image "
+        "on stdout (on the shared tar+zstd/tar+gzip routes, a tar layer passes through "
+        "unchanged). The media type comes from --media-type or $STREAM_PROCESSOR_MEDIATYPE; "
+        "without either, the compression is detected and EROFS is expected."
+    )
+    parser.add_argument(
+        "--media-type", help=f"media type of the input (overrides ${ENV_MEDIA_TYPE})"
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_OUTPUT,
+        metavar="SIZE",
+        help="refuse to produce more than this (default 64GiB)",
+    )
+    parser.add_argument(
+        "--max-window-size",
+        type=parse_size,
+        default=DEFAULT_MAX_WINDOW,
+        metavar="SIZE",
+        help="largest zstd window accepted (default 128MiB, as zstd -d)",
+    )
+    parser.add_argument(
+        "--log-file", help=f"append a record per run to this file (or ${log.ENV_FILE})"
+    )
+    parser.add_argument(
+        "--log-format", choices=log.FORMATS, help=f"json (default) or logfmt (${log.ENV_FORMAT})"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(log.LEVELS),
+        help=f"warning (default: failures only) or info (also successes) (${log.ENV_LEVEL})",
+    )
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    config = log.LogConfig.from_options(args.log_file, args.log_format, args.log_level)
+    if config.fmt not in log.FORMATS:
+        raise UsageError(f"unknown log format {config.fmt!r}; use json or logfmt")
+    media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    drain = PayloadDrain().start()
+    options = DecodeOptions(media_type, args.max_output_bytes, args.max_window_size)
+    result = DecodeResult(media_type)
+
+    def record(level: str, event: str, exit_code: int, reason: str | None = None) -> None:
+        if not config.enabled_for(level):
+            return
+        fields: dict[str, object] = {
+            "reason": reason,
+            "media_type": media_type,
+            "compression": result.compression.value if result.compression else None,
+            "bytes_in": result.bytes_in,
+            "bytes_out": result.bytes_out,
+            "duration_s": round(time.monotonic() - started, 4),
+            "exit_code": exit_code,
+            "pid": os.getpid(),
+        }
+        if result.verdict is not None:
+            fields["payload"] = result.verdict.kind.value
+        if result.zstd.frames:
+            fields["frames"] = result.zstd.frames
+        if drain.present:
+            fields["fd3_payload_bytes"] = drain.received
+        if result.notes:
+            fields["notes"] = result.notes
+        log.write_record(config, level, event, **fields)
+
+    try:
+        decode(sys.stdin.fileno(), sys.stdout.fileno(), options, result)
+    except ProcessorError as exc:
+        record("error", "decode_failed", exc.exit_code, f"{exc.reason}: {exc.message}")
+        raise
+    except ReaderGone:
+        record("info", "reader_closed", EXIT_SIGPIPE, "the reader closed stdout early")
+        raise
+    except Terminated:
+        record("warning", "terminated", EXIT_SIGTERM, "SIGTERM")
+        raise
+    record("info", "decoded", EXIT_OK)
+    return EXIT_OK

@@ -1,0 +1,46 @@
+"""Which compression a stream uses, from its first bytes, and the decoder for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from stream_processor.gzip_codec import GZIP_MAGIC, decode_gzip
+from stream_processor.mediatypes import Compression
+from stream_processor.source import READ_SIZE, Source
+from stream_processor.zstd_codec import FrameObserver, ZstdStats, decode_zstd, is_zstd_start
+
+
+def detect(head: bytes | memoryview) -> Compression:
+    """zstd (a frame or a skippable frame), gzip, or none (raw bytes)."""
+    if is_zstd_start(head):
+        return Compression.ZSTD
+    if bytes(head[:2]) == GZIP_MAGIC:
+        return Compression.GZIP
+    return Compression.NONE
+
+
+def copy_raw(src: Source) -> Iterator[bytes]:
+    """The 'none' codec: the input as it is, in bounded pieces."""
+    while True:
+        view = src.read_some(READ_SIZE)
+        if not view:
+            return
+        yield bytes(view)
+
+
+def decoder(
+    compression: Compression,
+    src: Source,
+    *,
+    max_window_size: int,
+    observer: FrameObserver | None = None,
+    zstd_stats: ZstdStats | None = None,
+) -> Iterator[bytes]:
+    """The decompressed stream of ``src`` for the given compression."""
+    if compression is Compression.ZSTD:
+        return decode_zstd(
+            src, max_window_size=max_window_size, observer=observer, stats=zstd_stats
+        )
+    if compression is Compression.GZIP:
+        return decode_gzip(src)
+    return copy_raw(src)

@@ -1,0 +1,87 @@
+"""The main job: compressed layer in, validated raw EROFS (or exact tar) out, one pass.
+
+stdin -> ``Source`` -> codec (``compression.decoder``) -> ``ImageGate``
+(superblock, completeness) -> ``HoldbackSink`` -> stdout. The sink releases
+the held-back tail only after the codec reached the end of input cleanly
+and the gate's final checks passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stream_processor import compression as codecs
+from stream_processor import mediatypes
+from stream_processor.errors import DataError
+from stream_processor.mediatypes import Compression, Payload
+from stream_processor.sink import HoldbackSink
+from stream_processor.source import Source
+from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
+from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
+
+
+@dataclass
+class DecodeOptions:
+    """Knobs of one decode. ``media_type=None`` means detect the compression."""
+
+    media_type: str | None = None
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT
+    max_window_size: int = DEFAULT_MAX_WINDOW
+
+
+@dataclass
+class DecodeResult:
+    """What was decoded; the log record is made from this."""
+
+    media_type: str | None
+    compression: Compression | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    verdict: Verdict | None = None
+    zstd: ZstdStats = field(default_factory=ZstdStats)
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_compression(route: mediatypes.Route, found: Compression, head: bytes) -> Compression:
+    declared = route.compression
+    if declared is None or declared is found:
+        return found
+    what = found.value if found is not Compression.NONE else describe(head)
+    raise DataError(
+        f"media type {route.media_type} says {declared.value}, but the data is {what}"
+    )
+
+
+def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult) -> None:
+    """Decode ``in_fd`` to ``out_fd``; fill ``result``; raise on any failure.
+
+    ``result`` is passed in (not returned) so that a caller logging a failure
+    still sees how far the decode got.
+    """
+    route = mediatypes.resolve(options.media_type)
+    src = Source(in_fd)
+    head = bytes(src.peek(4096))
+    if not head:
+        raise DataError("input is empty")
+    result.compression = _check_compression(route, codecs.detect(head), head)
+    sink = HoldbackSink(out_fd)
+    payload = route.payload
+    if route.compression is None and result.compression is Compression.NONE:
+        payload = Payload.EROFS
+    gate = ImageGate(sink, payload, options.max_output_bytes)
+    try:
+        for chunk in codecs.decoder(
+            result.compression,
+            src,
+            max_window_size=options.max_window_size,
+            zstd_stats=result.zstd,
+        ):
+            gate.feed(chunk)
+        verdict = gate.finish()
+    finally:
+        result.bytes_in = src.position
+        result.bytes_out = gate.size
+    result.verdict = verdict
+    if verdict.kind is Kind.EROFS and verdict.extra_bytes:
+        result.notes.append(f"{verdict.extra_bytes} bytes follow the EROFS image")
+    sink.release()
