@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"{PROG} {__version__}\n")
         return 0
     name, rest = _split(args_in)
-    command: Command = importlib.import_module(COMMANDS[name])  # type: ignore[assignment]
+    command: Command = importlib.import_module(COMMANDS[name])
     parser = argparse.ArgumentParser(prog=f"{PROG} {name}" if name != "decode" else PROG)
     command.add_arguments(parser)
     try:

@@ -47,9 +47,7 @@ def _check_compression(route: mediatypes.Route, found: Compression, head: bytes)
     if declared is None or declared is found:
         return found
     what = found.value if found is not Compression.NONE else describe(head)
-    raise DataError(
-        f"media type {route.media_type} says {declared.value}, but the data is {what}"
-    )
+    raise DataError(f"media type {route.media_type} says {declared.value}, but the data is {what}")
 
 
 def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult) -> None:

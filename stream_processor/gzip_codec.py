@@ -11,9 +11,9 @@ decompression bomb cannot allocate more than ``OUT_STEP`` at a time.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from stream_processor.errors import DataError
 from stream_processor.source import Source
@@ -24,19 +24,25 @@ OUT_STEP = 512 * 1024
 
 
 class _Decompressor(Protocol):
-    eof: bool
-    unused_data: bytes
-    unconsumed_tail: bytes
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    @property
+    def unconsumed_tail(self) -> bytes: ...
 
     def decompress(self, data: Any, max_length: int = ...) -> bytes: ...
 
 
 def _backend() -> tuple[Callable[[], _Decompressor], type[Exception], str]:
     try:
-        from isal import isal_zlib  # type: ignore[import-untyped,unused-ignore]
+        from isal import isal_zlib
     except ImportError:  # pragma: no cover - isal is a declared dependency
         return (lambda: zlib.decompressobj(wbits=31)), zlib.error, "zlib"
-    return (lambda: isal_zlib.decompressobj(wbits=31)), isal_zlib.error, "isal"
+    error = cast(type[Exception], isal_zlib.error)
+    return (lambda: isal_zlib.decompressobj(wbits=31)), error, "isal"
 
 
 @dataclass
@@ -82,7 +88,7 @@ def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:
         raise DataError("input is empty")
 
 
-def _member(src: Source, dobj: _Decompressor, pending: bytes) -> Iterator[bytes]:
+def _member(src: Source, dobj: _Decompressor, pending: bytes) -> Generator[bytes, None, bytes]:
     """Decode one member; return the input bytes that follow it."""
     data: bytes | memoryview = pending
     while True:

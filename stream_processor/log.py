@@ -13,9 +13,9 @@ opened, one stderr line says logging is off.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +35,7 @@ class LogConfig:
     level: str = "warning"
 
     @classmethod
-    def from_options(
-        cls, path: str | None, fmt: str | None, level: str | None
-    ) -> LogConfig:
+    def from_options(cls, path: str | None, fmt: str | None, level: str | None) -> LogConfig:
         env = os.environ
         return cls(
             path=path or env.get(ENV_FILE) or None,
@@ -97,7 +95,5 @@ def write_record(config: LogConfig, level: str, event: str, **fields: Any) -> bo
 
 def _logging_off(path: str, exc: OSError) -> None:
     detail = os.strerror(exc.errno) if exc.errno else str(exc)
-    try:
+    with contextlib.suppress(OSError):
         sys.stderr.write(f"erofs-stream-processor: logging is off: cannot write {path}: {detail}\n")
-    except OSError:
-        pass

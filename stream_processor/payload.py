@@ -8,6 +8,7 @@ is drained by a daemon thread up to ``LIMIT`` bytes and then closed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -52,7 +53,5 @@ class PayloadDrain:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass

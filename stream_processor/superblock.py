@@ -36,6 +36,8 @@ INCOMPAT_NAMES = {
     0x100: "48bit",
 }
 
+Buffer = bytes | bytearray | memoryview
+
 _LAYOUT = struct.Struct("<IIIBBHQQIIII16s16sI")
 
 
@@ -57,7 +59,7 @@ def _crc32c_table() -> tuple[int, ...]:
     return tuple(table)
 
 
-def crc32c(data: bytes | memoryview, crc: int = 0xFFFFFFFF) -> int:
+def crc32c(data: Buffer, crc: int = 0xFFFFFFFF) -> int:
     """CRC32C (Castagnoli) as EROFS uses it: no final xor. Small inputs only."""
     table = _crc32c_table()
     for byte in bytes(data):
@@ -121,32 +123,30 @@ class Superblock:
         return SUPERBLOCK_OFFSET, self.block_size
 
 
-def has_magic(head: bytes | memoryview) -> bool:
+def has_magic(head: Buffer) -> bool:
     """True if ``head`` (the start of a stream) carries the EROFS magic at 1024."""
     return bytes(head[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + 4]) == EROFS_MAGIC_BYTES
 
 
-def parse(head: bytes | memoryview) -> Superblock:
+def parse(head: Buffer) -> Superblock:
     """Parse the superblock from the first bytes of an image (no validation beyond magic)."""
     raw = bytes(head[SUPERBLOCK_OFFSET : SUPERBLOCK_OFFSET + _LAYOUT.size])
     if len(raw) < _LAYOUT.size:
-        raise DataError(
-            f"not an EROFS image: only {len(head)} bytes, too short for a superblock"
-        )
+        raise DataError(f"not an EROFS image: only {len(head)} bytes, too short for a superblock")
     fields = _LAYOUT.unpack(raw)
     if fields[0] != EROFS_MAGIC:
         raise DataError("not an EROFS image: no EROFS superblock magic at offset 1024")
     return Superblock(*fields[1:])
 
 
-def required_head(head: bytes | memoryview) -> int:
+def required_head(head: Buffer) -> int:
     """How many leading bytes ``validate`` needs: the whole first block (at least 1024+128)."""
     sb = parse(head)
     start, end = sb.checksum_region()
     return max(end, SUPERBLOCK_OFFSET + sb.superblock_size, start + BASE_SIZE)
 
 
-def validate(head: bytes | memoryview, page_shift: int | None = None) -> Superblock:
+def validate(head: Buffer, page_shift: int | None = None) -> Superblock:
     """Check that ``head`` (the image's first block or more) holds a mountable superblock.
 
     Checks: magic, block size within what the kernel accepts (9 .. PAGE_SHIFT of

@@ -94,7 +94,9 @@ def decode_zstd(
             break
         offset = src.position
         if len(head) < 4:
-            raise DataError(f"zstd: {len(head)} stray bytes at offset {offset} after the last frame")
+            raise DataError(
+                f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
+            )
         magic = _u32(head)
         if magic == ZSTD_MAGIC:
             size = 0
@@ -187,8 +189,8 @@ def _decode_frame(
             f"zstd: frame at offset {offset} needs a {params.window_size >> 20} MiB window, "
             f"more than the {max_window_size >> 20} MiB allowed (--max-window-size)"
         )
-    content_size = None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else (
-        params.content_size
+    content_size = (
+        None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else (params.content_size)
     )
     if observer is not None:
         observer.frame_start(index, offset, content_size)

@@ -39,7 +39,7 @@ def make_tree(root: Path, scale: int = 1) -> Path:
     data.mkdir(parents=True, exist_ok=True)
     for i in range(8 * scale):
         (data / f"blob{i}.bin").write_bytes(os.urandom(1000 + 3000 * i))
-        (data / f"text{i}.txt").write_text(("line %d of a compressible file\n" % i) * 400)
+        (data / f"text{i}.txt").write_text((f"line {i} of a compressible file\n") * 400)
     (root / "empty").write_bytes(b"")
     (root / "link").symlink_to("usr/bin/tool")
     os.link(tool, root / "usr" / "bin" / "tool-hardlink")
@@ -50,7 +50,15 @@ def mkfs_erofs(tree: Path, image: Path, *extra: str) -> Path:
     """Build an image with real mkfs.erofs, reproducibly (fixed time and UUID)."""
     require_tool("mkfs.erofs")
     subprocess.run(
-        ["mkfs.erofs", "--quiet", f"-T{FIXED_TIME}", f"-U{FIXED_UUID}", *extra, str(image), str(tree)],
+        [
+            "mkfs.erofs",
+            "--quiet",
+            f"-T{FIXED_TIME}",
+            f"-U{FIXED_UUID}",
+            *extra,
+            str(image),
+            str(tree),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -20,7 +20,7 @@ from stream_processor.errors import (
     Terminated,
     UsageError,
 )
-from stream_processor.mediatypes import ENV_MEDIA_TYPE
+from stream_processor.mediatypes import ENV_MEDIA_TYPE, resolve
 from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         log.write_record(config, level, event, **fields)
 
     try:
+        resolve(media_type)  # an unknown media type is a usage error before any input is read
         decode(sys.stdin.fileno(), sys.stdout.fileno(), options, result)
     except ProcessorError as exc:
         record("error", "decode_failed", exc.exit_code, f"{exc.reason}: {exc.message}")

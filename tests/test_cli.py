@@ -1,0 +1,178 @@
+"""The command line as containerd and people use it: exit codes, stderr, logs, fd 3, SIGPIPE."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import zstandard
+
+from stream_processor import mediatypes as mt
+from stream_processor.cli import main
+from stream_processor.commands.decode import parse_size
+from tests.conftest import ROOT, make_tree, mkfs_erofs, run_cli
+
+ENV = "STREAM_PROCESSOR_MEDIATYPE"
+
+
+def test_help_and_version() -> None:
+    proc = run_cli(["--help"])
+    assert proc.returncode == 0 and b"stream processor" in proc.stdout
+    assert run_cli(["--version"]).stdout.startswith(b"erofs-stream-processor ")
+    assert run_cli(["decode", "--help"]).returncode == 0
+
+
+def test_bad_option_is_usage_error() -> None:
+    proc = run_cli(["--no-such-option"])
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+
+
+def test_parse_size() -> None:
+    assert parse_size("4MiB") == 4 << 20
+    assert parse_size("64G") == 64 << 30
+    assert parse_size("512") == 512
+    assert parse_size("8k") == 8192
+
+
+def test_in_process_main_returns_exit_codes() -> None:
+    assert main(["--help"]) == 0
+    assert main(["--media-type", "text/plain"]) == 2
+
+
+def test_log_file_records_failure_with_reason(tmp_path: Path) -> None:
+    log = tmp_path / "sp.log"
+    proc = run_cli(
+        stdin=b"not a layer at all", env={ENV: mt.EROFS_LAYER_ZSTD, "EROFS_SP_LOG_FILE": str(log)}
+    )
+    assert proc.returncode == 65
+    record = json.loads(log.read_text())
+    assert record["event"] == "decode_failed" and record["level"] == "error"
+    assert record["exit_code"] == 65 and "does not" not in record["reason"]
+    assert record["media_type"] == mt.EROFS_LAYER_ZSTD and record["bytes_out"] == 0
+    assert "says zstd" in record["reason"]
+    for key in ("bytes_in", "duration_s", "timestamp"):
+        assert key in record
+
+
+def test_success_is_logged_only_when_asked(erofs_bytes: bytes, tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    log = tmp_path / "sp.log"
+    assert run_cli(["--log-file", str(log)], stdin=blob).returncode == 0
+    assert not log.exists() or log.read_text() == ""
+    proc = run_cli(
+        ["--log-file", str(log), "--log-format", "logfmt"],
+        stdin=blob,
+        env={"EROFS_SP_LOG_LEVEL": "info"},
+    )
+    assert proc.returncode == 0
+    line = log.read_text().strip()
+    assert (
+        "event=decoded" in line
+        and "exit_code=0" in line
+        and f"bytes_out={len(erofs_bytes)}" in line
+    )
+
+
+def test_unwritable_log_never_fails_the_decode(erofs_bytes: bytes, tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    missing = tmp_path / "no" / "such" / "dir" / "sp.log"
+    proc = run_cli(["--log-file", str(missing), "--log-level", "info"], stdin=blob)
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+    assert b"logging is off" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env[ENV] = mt.EROFS_LAYER_ZSTD
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_processor"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _dup_to_fd3(fd: int) -> None:
+    os.dup2(fd, 3)
+
+
+def test_fd3_payload_present_is_drained_and_ignored(erofs_bytes: bytes) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    r, w = os.pipe()
+    os.write(w, b"\x0a\x04test payload")
+    os.close(w)
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_processor"],
+        input=blob,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=lambda: _dup_to_fd3(r),
+        timeout=30,
+    )
+    os.close(r)
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes and proc.stderr == b""
+
+
+def test_fd3_open_but_never_written_does_not_block(erofs_bytes: bytes) -> None:
+    """containerd's writer may still hold the pipe open: the decode must not wait for it."""
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    r, w = os.pipe()
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "stream_processor"],
+            input=blob,
+            capture_output=True,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=lambda: _dup_to_fd3(r),
+            timeout=30,
+        )
+    finally:
+        os.close(r)
+        os.close(w)
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+
+
+def test_fd3_absent(erofs_bytes: bytes) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    proc = run_cli(stdin=blob)
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+
+
+def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
+    image = tmp_path / "img.erofs"
+    tree = make_tree(tmp_path / "tree", scale=1)
+    (tree / "big").write_bytes(os.urandom(8 << 20))
+    mkfs_erofs(tree, image)
+    blob = zstandard.ZstdCompressor(level=1).compress(image.read_bytes())
+    proc = _spawn()
+    assert proc.stdin and proc.stdout and proc.stderr
+
+    def feed() -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(blob)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    proc.stdout.read(32 * 1024)
+    proc.stdout.close()
+    started = time.monotonic()
+    code = proc.wait(timeout=30)
+    assert time.monotonic() - started < 10
+    assert code == 128 + signal.SIGPIPE
+    assert proc.stderr.read() == b""

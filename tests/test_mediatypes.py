@@ -1,0 +1,61 @@
+"""Media type routing: which payload each type promises and which compression it declares."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_processor import mediatypes as mt
+from stream_processor.errors import UsageError
+from stream_processor.mediatypes import Compression, Payload
+
+
+@pytest.mark.parametrize(
+    ("media_type", "compression", "payload"),
+    [
+        (mt.EROFS_LAYER_ZSTD, Compression.ZSTD, Payload.EROFS),
+        (mt.EROFS_LAYER_GZIP, Compression.GZIP, Payload.EROFS),
+        ("application/vnd.oci.image.layer.v1.erofs+zstd", Compression.ZSTD, Payload.EROFS),
+        ("application/vnd.example.erofs+gzip", Compression.GZIP, Payload.EROFS),
+        (mt.EROFS_LAYER, Compression.NONE, Payload.EROFS),
+        (mt.OCI_LAYER_EROFS, Compression.NONE, Payload.EROFS),
+        (mt.OCI_LAYER_TAR_ZSTD, Compression.ZSTD, Payload.EROFS_OR_TAR),
+        (mt.OCI_LAYER_TAR_GZIP, Compression.GZIP, Payload.EROFS_OR_TAR),
+        (
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            Compression.GZIP,
+            Payload.EROFS_OR_TAR,
+        ),
+        (
+            "application/vnd.docker.image.rootfs.diff.tar.zstd",
+            Compression.ZSTD,
+            Payload.EROFS_OR_TAR,
+        ),
+    ],
+)
+def test_known_media_types_route(
+    media_type: str, compression: Compression, payload: Payload
+) -> None:
+    route = mt.resolve(media_type)
+    assert (route.compression, route.payload) == (compression, payload)
+
+
+def test_no_media_type_means_detect_and_expect_erofs() -> None:
+    route = mt.resolve(None)
+    assert route.compression is None and route.payload is Payload.EROFS
+    assert mt.resolve("").compression is None
+
+
+@pytest.mark.parametrize(
+    "media_type",
+    ["application/vnd.oci.image.layer.v1.tar", "application/vnd.erofs.layer.v1+lz4", "text/plain"],
+)
+def test_unknown_media_types_are_usage_errors_listing_supported(media_type: str) -> None:
+    with pytest.raises(UsageError) as err:
+        mt.resolve(media_type)
+    assert media_type in err.value.message
+    assert mt.EROFS_LAYER_ZSTD in err.value.message and mt.OCI_LAYER_TAR_ZSTD in err.value.message
+
+
+def test_producer_media_types() -> None:
+    assert mt.erofs_media_type(Compression.ZSTD) == mt.EROFS_LAYER_ZSTD
+    assert mt.erofs_media_type(Compression.NONE) == mt.EROFS_LAYER
