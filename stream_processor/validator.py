@@ -43,9 +43,12 @@ def is_tar_header(block: bytes) -> bool:
     """True for a valid tar header block, or the all-zero end-of-archive block."""
     if len(block) < TAR_BLOCK:
         return False
+    if block[:TAR_BLOCK].count(0) == TAR_BLOCK:
+        # An archive that starts with end-of-archive is empty: zeros to the end.
+        # Data after it is an EROFS image with a damaged magic (its first 1024
+        # bytes are zero), not a tar.
+        return block.count(0) == len(block)
     block = block[:TAR_BLOCK]
-    if block.count(0) == TAR_BLOCK:
-        return True
     stored = block[148:156].split(b"\0", 1)[0].strip()
     try:
         expected = int(stored or b"x", 8)
