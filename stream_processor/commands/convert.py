@@ -1,0 +1,106 @@
+"""``erofs-stream-processor convert SRC DST``: an OCI image with tar layers -> EROFS layers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from stream_processor.commands.decode import parse_size
+from stream_processor.errors import UsageError
+from stream_processor.mediatypes import Compression
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Convert an OCI image layout (a directory, or an oci-archive tar as written by "
+        "'skopeo copy ... oci-archive:' or 'ctr images export') into one whose layers are "
+        "EROFS images (application/vnd.erofs.layer.v1+zstd by default, seekable). Tar layers "
+        "are rebuilt with mkfs.erofs, EROFS layers re-wrapped; the result is reproducible."
+    )
+    parser.add_argument("src", type=Path, help="OCI layout directory or oci-archive tar")
+    parser.add_argument("dst", type=Path, help="new OCI layout directory (or tar with --archive)")
+    parser.add_argument("--compression", choices=[c.value for c in Compression], default="zstd")
+    parser.add_argument("--level", type=int, help="compression level (zstd default 3)")
+    parser.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        metavar="SIZE",
+        help="zstd chunk size of the seekable layout (default 4MiB)",
+    )
+    parser.add_argument(
+        "--no-chunk-table",
+        action="store_true",
+        help="plain single-stream zstd layers instead of the seekable layout",
+    )
+    parser.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="OS/ARCH[/VARIANT]",
+        help="convert only this platform (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--jobs", "-j", type=int, default=0, help="layers converted at once (default: CPU count)"
+    )
+    parser.add_argument("--archive", action="store_true", help="write DST as an oci-archive tar")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where tar layers are unpacked (default: next to DST)"
+    )
+    parser.add_argument(
+        "--max-layer-bytes",
+        type=parse_size,
+        metavar="SIZE",
+        help="refuse a tar layer whose files add up to more than this (default 64GiB)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
+
+
+def _chunk_size(args: argparse.Namespace, compression: Compression) -> int | None:
+    from stream_processor.pack import DEFAULT_CHUNK_SIZE
+
+    if compression is not Compression.ZSTD:
+        if args.chunk_size is not None or args.no_chunk_table:
+            raise UsageError("--chunk-size and --no-chunk-table apply to zstd only")
+        return None
+    if args.no_chunk_table:
+        if args.chunk_size is not None:
+            raise UsageError("--chunk-size and --no-chunk-table exclude each other")
+        return None
+    return int(args.chunk_size) if args.chunk_size is not None else DEFAULT_CHUNK_SIZE
+
+
+def run(args: argparse.Namespace) -> int:
+    from stream_processor.convert.converter import ConvertOptions, convert_image
+    from stream_processor.convert.layers import LayerSettings
+    from stream_processor.convert.progress import Progress
+    from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES
+
+    compression = Compression(args.compression)
+    if args.jobs < 0:
+        raise UsageError("--jobs must be 0 (CPU count) or more")
+    if args.work_dir is not None and not args.work_dir.is_dir():
+        raise UsageError(f"--work-dir {args.work_dir} is not a directory")
+    settings = LayerSettings(
+        compression=compression,
+        chunk_size=_chunk_size(args, compression),
+        level=args.level,
+        max_layer_bytes=args.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
+    )
+    options = ConvertOptions(
+        settings=settings,
+        jobs=args.jobs or os.cpu_count() or 1,
+        platforms=tuple(args.platform),
+        archive=args.archive,
+        work_dir=args.work_dir,
+    )
+    progress = Progress(sys.stderr, 0, terminal=sys.stderr.isatty(), quiet=args.quiet)
+    report = convert_image(args.src, args.dst, options, progress)
+    if args.json:
+        sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")
+    if not args.quiet:
+        progress.summary(report.summary())
+    return 0

@@ -1,0 +1,417 @@
+"""Convert a whole OCI image: plan, convert layers concurrently, rewrite, publish.
+
+1. Plan: walk ``index.json`` (nested indexes too), keep the manifests of the
+   wanted platforms, read their configs, and collect every distinct layer
+   with the diff_id its config promises.
+2. Convert the distinct layers on ``jobs`` threads (most of the work is in
+   ``mkfs.erofs`` and in zstd/gzip, which run outside the GIL). Results are
+   keyed by source digest, so output order and digests do not depend on
+   which layer finished first.
+3. Rewrite bottom-up, as containerd's converter does: layer descriptors get
+   the EROFS media type, new digest and size (and the chunk-table
+   annotations); configs get ``rootfs.diff_ids`` = SHA-256 of each raw EROFS
+   image; manifests become OCI manifests; index entries get the new digests
+   and the platform OS feature ``erofs``.
+4. Publish: everything is written into a staging directory next to DST and
+   renamed into place at the end, so a failed conversion leaves no DST.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream_processor.convert.layers import LayerOutcome, LayerSettings, classify, convert_layer
+from stream_processor.convert.oci import (
+    DOCKER_CONFIG,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    Json,
+    Layout,
+    LayoutWriter,
+    open_layout,
+    write_archive,
+)
+from stream_processor.convert.progress import Progress, human
+from stream_processor.errors import DataError, UsageError
+
+EROFS_FEATURE = "erofs"
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    settings: LayerSettings = field(default_factory=LayerSettings)
+    jobs: int = 0  # 0: the CPU count
+    platforms: tuple[str, ...] = ()
+    archive: bool = False
+    work_dir: Path | None = None
+
+
+@dataclass
+class ConvertReport:
+    source: str
+    destination: str
+    compression: str
+    chunk_size: int | None
+    jobs: int
+    seconds: float = 0.0
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def summary(self) -> str:
+        tar = sum(layer["tar_size"] or 0 for layer in self.layers)
+        erofs = sum(layer["erofs_size"] for layer in self.layers)
+        wrapped = sum(layer["wrapped_size"] for layer in self.layers)
+        return (
+            f"converted {len(self.layers)} layer(s) in {len(self.manifests)} manifest(s): "
+            f"tar {human(tar)} -> erofs {human(erofs)} -> {self.compression} {human(wrapped)} "
+            f"in {self.seconds:.2f} s -> {self.destination}"
+        )
+
+
+# ---------------------------------------------------------------- platforms
+
+
+def parse_platform(text: str) -> tuple[str, str, str | None]:
+    """``os/arch[/variant]`` -> parts; ``UsageError`` otherwise."""
+    parts = text.strip().split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise UsageError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
+    arch = _ARCH_ALIASES.get(parts[1], parts[1])
+    return parts[0], arch, parts[2] if len(parts) == 3 else None
+
+
+def platform_matches(platform: Json, wanted: tuple[tuple[str, str, str | None], ...]) -> bool:
+    if not wanted:
+        return True
+    arch = _ARCH_ALIASES.get(str(platform.get("architecture")), platform.get("architecture"))
+    for os_name, want_arch, variant in wanted:
+        same_variant = variant is None or platform.get("variant") == variant
+        if platform.get("os") == os_name and arch == want_arch and same_variant:
+            return True
+    return False
+
+
+def platform_text(platform: Json) -> str:
+    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
+    if platform.get("variant"):
+        parts.append(str(platform["variant"]))
+    return "/".join(parts)
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass
+class _ManifestPlan:
+    desc: Json
+    manifest: Json
+    config: Json
+    platform: Json
+
+
+@dataclass
+class _IndexPlan:
+    index: Json
+    desc: Json | None  # None for the top-level index.json
+    entries: list[_ManifestPlan | _IndexPlan] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    top: _IndexPlan
+    layers: dict[str, tuple[Json, str | None]] = field(default_factory=dict)
+    seen_platforms: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _media_type_of(layout: Layout, desc: Json) -> str:
+    media_type = desc.get("mediaType")
+    if isinstance(media_type, str):
+        return media_type
+    doc = layout.read_json(desc, "manifest")
+    found = doc.get("mediaType")
+    if isinstance(found, str):
+        return found
+    return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+
+
+def _plan_index(
+    layout: Layout,
+    index: Json,
+    desc: Json | None,
+    wanted: tuple[tuple[str, str, str | None], ...],
+    plan: _Plan,
+    depth: int = 0,
+) -> _IndexPlan:
+    if depth > 8:
+        raise DataError("image indexes are nested more than 8 deep; refusing")
+    node = _IndexPlan(index=index, desc=desc)
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list):
+        raise DataError("an image index has no 'manifests' list")
+    for child in manifests:
+        if not isinstance(child, dict):
+            raise DataError("an image index lists something that is not a descriptor")
+        media_type = _media_type_of(layout, child)
+        if media_type in INDEX_TYPES:
+            sub = _plan_index(
+                layout, layout.read_json(child, "index"), child, wanted, plan, depth + 1
+            )
+            if sub.entries:
+                node.entries.append(sub)
+        elif media_type in MANIFEST_TYPES:
+            entry = _plan_manifest(layout, child, wanted, plan)
+            if entry is not None:
+                node.entries.append(entry)
+        else:
+            plan.skipped.append(f"{child.get('digest')} ({media_type}): not an image manifest")
+    return node
+
+
+def _plan_manifest(
+    layout: Layout,
+    desc: Json,
+    wanted: tuple[tuple[str, str, str | None], ...],
+    plan: _Plan,
+) -> _ManifestPlan | None:
+    platform = desc.get("platform")
+    if isinstance(platform, dict) and platform.get("os") == "unknown":
+        # BuildKit attestations (in-toto JSON "layers"): nothing to run, nothing to convert.
+        plan.skipped.append(f"{desc.get('digest')}: attestation manifest (platform unknown)")
+        return None
+    manifest = layout.read_json(desc, "manifest")
+    config_desc = manifest.get("config")
+    layers = manifest.get("layers")
+    if not isinstance(config_desc, dict) or not isinstance(layers, list):
+        raise DataError(f"manifest {desc.get('digest')} has no config or no layers list")
+    config = layout.read_json(config_desc, "config")
+    if not isinstance(platform, dict):
+        platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
+    plan.seen_platforms.append(platform_text(platform))
+    if not platform_matches(platform, wanted):
+        return None
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        raise DataError(
+            f"config {config_desc.get('digest')} lists {len(diff_ids or [])} diff_ids "
+            f"for {len(layers)} layers"
+        )
+    for layer, diff_id in zip(layers, diff_ids, strict=True):
+        if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+            raise DataError(f"manifest {desc.get('digest')} has a malformed layer descriptor")
+        classify(str(layer.get("mediaType", "")))  # fail before any work on an unknown type
+        plan.layers.setdefault(layer["digest"], (layer, diff_id))
+    return _ManifestPlan(desc=desc, manifest=manifest, config=config, platform=platform)
+
+
+# ---------------------------------------------------------------- rewrite
+
+
+def _with_feature(platform: Json) -> Json:
+    out = dict(platform)
+    features = [str(f) for f in out.get("os.features") or []]
+    if EROFS_FEATURE not in features:
+        features.append(EROFS_FEATURE)
+    out["os.features"] = features
+    return out
+
+
+def _write_manifest(
+    plan: _ManifestPlan, results: dict[str, LayerOutcome], writer: LayoutWriter
+) -> Json:
+    outcomes = [results[layer["digest"]] for layer in plan.manifest["layers"]]
+    config = copy.deepcopy(plan.config)
+    config["rootfs"]["diff_ids"] = [o.pack.diff_id for o in outcomes]
+    old_config_type = plan.manifest["config"].get("mediaType")
+    config_type = OCI_CONFIG if old_config_type in (None, DOCKER_CONFIG) else old_config_type
+    manifest: Json = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": writer.add_json(config, config_type),
+        "layers": [o.descriptor() for o in outcomes],
+    }
+    if plan.manifest.get("annotations"):
+        manifest["annotations"] = plan.manifest["annotations"]
+    desc = writer.add_json(manifest, OCI_MANIFEST)
+    desc["platform"] = _with_feature(plan.platform)
+    if plan.desc.get("annotations"):
+        desc["annotations"] = plan.desc["annotations"]
+    return desc
+
+
+def _write_index(node: _IndexPlan, results: dict[str, LayerOutcome], writer: LayoutWriter) -> Json:
+    manifests = [
+        _write_index(e, results, writer)
+        if isinstance(e, _IndexPlan)
+        else _write_manifest(e, results, writer)
+        for e in node.entries
+    ]
+    index: Json = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    if node.index.get("annotations"):
+        index["annotations"] = node.index["annotations"]
+    if node.desc is None:
+        return index
+    desc = writer.add_json(index, OCI_INDEX)
+    for key in ("platform", "annotations"):
+        if node.desc.get(key):
+            desc[key] = node.desc[key]
+    return desc
+
+
+def _manifest_rows(node: _IndexPlan, index: Json) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for entry, desc in zip(node.entries, index["manifests"], strict=True):
+        if isinstance(entry, _ManifestPlan):
+            rows.append(
+                {
+                    "platform": platform_text(entry.platform),
+                    "source_digest": entry.desc.get("digest"),
+                    "digest": desc["digest"],
+                }
+            )
+    return rows
+
+
+# ---------------------------------------------------------------- run
+
+
+def _prepare_destination(dst: Path, archive: bool) -> None:
+    if archive:
+        if dst.exists() and (dst.is_dir() or dst.stat().st_size > 0):
+            raise UsageError(f"{dst} already exists; refusing to overwrite it")
+    elif dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise UsageError(f"{dst} already exists and is not an empty directory")
+    if not dst.parent.is_dir():
+        raise UsageError(f"{dst.parent} is not a directory")
+
+
+def convert_image(
+    src: Path, dst: Path, options: ConvertOptions, progress: Progress | None = None
+) -> ConvertReport:
+    """Convert the OCI image at ``src`` into an EROFS-layer image at ``dst``."""
+    started = time.monotonic()
+    jobs = options.jobs or os.cpu_count() or 1
+    wanted = tuple(parse_platform(p) for p in options.platforms)
+    _prepare_destination(dst, options.archive)
+    layout = open_layout(src)
+    plan = _Plan(top=_IndexPlan(index={}, desc=None))
+    plan.top = _plan_index(layout, layout.index(), None, wanted, plan)
+    if not plan.top.entries:
+        have = ", ".join(sorted(set(plan.seen_platforms))) or "none"
+        asked = ", ".join(options.platforms) or "any"
+        raise UsageError(
+            f"no image manifest to convert for platform {asked}; the image has: {have}"
+        )
+    settings = options.settings
+    report = ConvertReport(
+        source=str(src),
+        destination=str(dst),
+        compression=settings.compression.value,
+        chunk_size=settings.chunk_size if settings.compression.value == "zstd" else None,
+        jobs=jobs,
+        skipped=plan.skipped,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.converting-", dir=dst.parent))
+    try:
+        writer = LayoutWriter(staging / "layout")
+        work_root = Path(tempfile.mkdtemp(prefix="work-", dir=options.work_dir or staging))
+        try:
+            results = _convert_layers(layout, plan, settings, work_root, writer, jobs, progress)
+        finally:
+            shutil.rmtree(work_root, ignore_errors=True)
+        for outcome in results.values():
+            writer.add_file(outcome.blob, outcome.pack.digest)
+        index = _write_index(plan.top, results, writer)
+        writer.finish(index)
+        report.manifests = _all_manifest_rows(plan.top, index, writer)
+        report.layers = [results[d].report.as_json() for d in plan.layers]
+        _publish(staging, writer.root, dst, options.archive)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _all_manifest_rows(top: _IndexPlan, index: Json, writer: LayoutWriter) -> list[dict[str, Any]]:
+    rows = _manifest_rows(top, index)
+    for entry, desc in zip(top.entries, index["manifests"], strict=True):
+        if isinstance(entry, _IndexPlan):
+            sub = writer.read_json(desc["digest"])
+            rows += _all_manifest_rows(entry, sub, writer)
+    return rows
+
+
+def _convert_layers(
+    layout: Layout,
+    plan: _Plan,
+    settings: LayerSettings,
+    work_root: Path,
+    writer: LayoutWriter,
+    jobs: int,
+    progress: Progress | None,
+) -> dict[str, LayerOutcome]:
+    layers = list(plan.layers.items())
+    workers = max(1, min(jobs, len(layers)))
+    threads = max(1, jobs // workers)  # spare cores go to the compressor
+    if progress is not None:
+        progress.set_total(len(layers))
+
+    def one(digest: str, desc: Json, diff_id: str | None) -> LayerOutcome:
+        if progress is not None:
+            progress.started(digest)
+        outcome = convert_layer(
+            layout,
+            desc,
+            diff_id,
+            settings,
+            work_root,
+            writer.blobs,
+            threads=threads,
+            on_bytes=(lambda n: progress.read(digest, n)) if progress is not None else None,
+        )
+        if progress is not None:
+            progress.finished(outcome.report)
+        return outcome
+
+    results: dict[str, LayerOutcome] = {}
+    with ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+        futures: dict[str, Future[LayerOutcome]] = {
+            digest: pool.submit(one, digest, desc, diff_id if isinstance(diff_id, str) else None)
+            for digest, (desc, diff_id) in layers
+        }
+        try:
+            for digest, future in futures.items():
+                results[digest] = future.result()
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise
+    return results
+
+
+def _publish(staging: Path, layout_dir: Path, dst: Path, archive: bool) -> None:
+    if archive:
+        tmp = staging / "image.tar"
+        write_archive(layout_dir, tmp)
+        os.replace(tmp, dst)
+        return
+    if dst.exists():
+        dst.rmdir()  # checked empty in _prepare_destination
+    os.replace(layout_dir, dst)

@@ -1,0 +1,307 @@
+"""Converting one layer: a tar layer rebuilt as EROFS, or an EROFS layer re-wrapped.
+
+A tar layer is read once, as a stream: blob (digest-checked) -> decompressor
+-> SHA-256 of the uncompressed tar (its diff_id, checked against the image
+config, and the seed of the filesystem UUID) -> ``tarlayer.extract_layer``.
+The directory is turned into an image by ``erofsbuild`` and the image is
+wrapped by ``pack.pack_image``. An EROFS layer goes straight from its
+decompressor into ``pack_image``, which validates it: the filesystem is not
+rebuilt, so its bytes (and its diff_id) stay the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from stream_processor.convert.erofsbuild import build_from_directory, layer_uuid
+from stream_processor.convert.oci import Json, Layout
+from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
+from stream_processor.errors import DataError, ProcessorError, UsageError
+from stream_processor.mediatypes import Compression
+from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackResult, pack_image
+
+READ_SIZE = 1 << 20
+MAX_WINDOW = 1 << 27  # as zstd -d: larger windows need --long and are refused
+
+
+class LayerKind(Enum):
+    TAR = "tar"
+    EROFS = "erofs"
+
+
+_TAR_TYPES: dict[str, Compression] = {
+    "application/vnd.oci.image.layer.v1.tar": Compression.NONE,
+    "application/vnd.oci.image.layer.v1.tar+gzip": Compression.GZIP,
+    "application/vnd.oci.image.layer.v1.tar+zstd": Compression.ZSTD,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": Compression.NONE,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
+    "application/vnd.docker.image.rootfs.diff.tar": Compression.NONE,
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
+    "application/vnd.docker.image.rootfs.diff.tar.zstd": Compression.ZSTD,
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
+}
+_EROFS_SUFFIXES = {"+zstd": Compression.ZSTD, "+gzip": Compression.GZIP, "": Compression.NONE}
+
+
+def classify(media_type: str) -> tuple[LayerKind, Compression]:
+    """What a layer media type holds and how it is compressed; ``UsageError`` if unknown."""
+    if media_type in _TAR_TYPES:
+        return LayerKind.TAR, _TAR_TYPES[media_type]
+    for suffix, compression in _EROFS_SUFFIXES.items():
+        base = media_type[: len(media_type) - len(suffix)] if suffix else media_type
+        if media_type.endswith(suffix) and (
+            base == "application/vnd.erofs.layer.v1" or base.endswith(".erofs")
+        ):
+            return LayerKind.EROFS, compression
+    raise UsageError(
+        f"cannot convert a layer of media type {media_type!r}: only OCI/Docker tar, "
+        "tar+gzip, tar+zstd and EROFS layers are supported"
+    )
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """How new layers are produced; the same for every layer of a conversion."""
+
+    compression: Compression = Compression.ZSTD
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE
+    level: int | None = None
+    max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    build_time: int = 0
+
+
+@dataclass
+class LayerReport:
+    """Figures for one converted layer (the ``--json`` report and progress lines)."""
+
+    source_digest: str
+    source_media_type: str
+    source_size: int
+    kind: str
+    tar_size: int | None
+    erofs_size: int
+    wrapped_size: int
+    media_type: str
+    digest: str
+    diff_id: str
+    seconds: float
+    entries: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    pack: PackResult
+    blob: Path
+    report: LayerReport
+
+    def descriptor(self) -> Json:
+        desc: Json = {
+            "mediaType": self.pack.media_type,
+            "digest": self.pack.digest,
+            "size": self.pack.size,
+        }
+        if self.pack.annotations:
+            desc["annotations"] = dict(sorted(self.pack.annotations.items()))
+        return desc
+
+
+class HashingReader(io.RawIOBase):
+    """Counts and hashes what passes through; reports progress as bytes go by."""
+
+    def __init__(
+        self, raw: BinaryIO, what: str, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._what = what
+        self._on_bytes = on_bytes
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            data = self._raw.read(len(view))
+        except ProcessorError:
+            raise
+        except Exception as exc:  # zstd/gzip decoders raise their own error types
+            raise DataError(f"{self._what}: cannot decompress: {exc}") from None
+        n = len(data)
+        view[:n] = data
+        self.sha256.update(data)
+        self.size += n
+        if self._on_bytes is not None and n:
+            self._on_bytes(self.size)
+        return n
+
+    def drain(self) -> None:
+        buf = bytearray(READ_SIZE)
+        while self.readinto(buf):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.sha256.hexdigest()
+
+
+def decompressor(raw: BinaryIO, compression: Compression) -> BinaryIO:
+    """A reader of the decompressed stream (zstd may hold many frames, gzip many members)."""
+    if compression is Compression.ZSTD:
+        import zstandard
+
+        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        return dctx.stream_reader(raw, read_size=READ_SIZE, read_across_frames=True)
+    if compression is Compression.GZIP:
+        from isal import igzip  # type: ignore[import-untyped,unused-ignore]
+
+        reader: BinaryIO = igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[no-untyped-call,assignment,unused-ignore]
+        return reader
+    return raw
+
+
+def convert_layer(
+    layout: Layout,
+    desc: Json,
+    expected_diff_id: str | None,
+    settings: LayerSettings,
+    work_root: Path,
+    blob_dir: Path,
+    *,
+    threads: int = 1,
+    on_bytes: Callable[[int], None] | None = None,
+) -> LayerOutcome:
+    """Convert the layer ``desc``; the new blob is left in ``blob_dir`` (a temporary name)."""
+    started = time.monotonic()
+    media_type = str(desc.get("mediaType", ""))
+    kind, compression = classify(media_type)
+    work = Path(tempfile.mkdtemp(prefix="layer-", dir=work_root))
+    blob_fd, blob_name = tempfile.mkstemp(prefix=".tmp-", dir=blob_dir)
+    blob = Path(blob_name)
+    os.fchmod(blob_fd, 0o644)
+    try:
+        with open(blob_fd, "wb") as out:
+            if kind is LayerKind.TAR:
+                pack, tar_size, entries = _from_tar(
+                    layout,
+                    desc,
+                    compression,
+                    expected_diff_id,
+                    settings,
+                    work,
+                    out,
+                    threads,
+                    on_bytes,
+                )
+            else:
+                pack = _rewrap(layout, desc, compression, settings, out, threads, on_bytes)
+                tar_size, entries = None, None
+    except BaseException:
+        blob.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report = LayerReport(
+        source_digest=str(desc.get("digest")),
+        source_media_type=media_type,
+        source_size=int(desc.get("size", 0)),
+        kind="built" if kind is LayerKind.TAR else "rewrapped",
+        tar_size=tar_size,
+        erofs_size=pack.image_size,
+        wrapped_size=pack.size,
+        media_type=pack.media_type,
+        digest=pack.digest,
+        diff_id=pack.diff_id,
+        seconds=round(time.monotonic() - started, 3),
+        entries=entries,
+    )
+    return LayerOutcome(pack, blob, report)
+
+
+def _from_tar(
+    layout: Layout,
+    desc: Json,
+    compression: Compression,
+    expected_diff_id: str | None,
+    settings: LayerSettings,
+    work: Path,
+    out: BinaryIO,
+    threads: int,
+    on_bytes: Callable[[int], None] | None,
+) -> tuple[PackResult, int, int]:
+    what = f"layer {desc.get('digest')}"
+    root = work / "rootfs"
+    root.mkdir(mode=0o755)
+    with layout.open_blob(desc, "layer") as blob:
+        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
+        try:
+            stats = extract_layer(
+                io.BufferedReader(tar, READ_SIZE), root, max_bytes=settings.max_layer_bytes
+            )
+        except DataError as exc:
+            raise DataError(f"{what}: {exc.message}") from None
+        tar.drain()
+        while blob.read(READ_SIZE):  # anything after the compressed stream still counts
+            pass
+    diff_id = tar.digest
+    if expected_diff_id is not None and expected_diff_id != diff_id:
+        raise DataError(
+            f"{what}: its uncompressed tar hashes to {diff_id}, but the image config "
+            f"lists diff_id {expected_diff_id}"
+        )
+    image = work / "layer.erofs"
+    build_from_directory(root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time)
+    shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
+    with image.open("rb") as raw:
+        pack = _pack(raw, out, settings, threads)
+    return pack, tar.size, stats.entries
+
+
+def _rewrap(
+    layout: Layout,
+    desc: Json,
+    compression: Compression,
+    settings: LayerSettings,
+    out: BinaryIO,
+    threads: int,
+    on_bytes: Callable[[int], None] | None,
+) -> PackResult:
+    what = f"layer {desc.get('digest')}"
+    with layout.open_blob(desc, "layer") as blob:
+        image = HashingReader(decompressor(blob, compression), what, on_bytes)
+        try:
+            pack = _pack(io.BufferedReader(image, READ_SIZE), out, settings, threads)
+        except DataError as exc:
+            raise DataError(f"{what}: {exc.message}") from None
+        image.drain()  # pack_image reads to the end already; this only makes it explicit
+        while blob.read(READ_SIZE):  # so the blob's digest is checked
+            pass
+    return pack
+
+
+def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -> PackResult:
+    chunk = settings.chunk_size if settings.compression is Compression.ZSTD else None
+    return pack_image(
+        raw,
+        out,
+        compression=settings.compression,
+        level=settings.level,
+        chunk_size=chunk,
+        threads=threads,
+    )
