@@ -63,6 +63,10 @@ def run_like_containerd(blob: Path, media_type: str) -> tuple[int, str, int, str
     return code, digest.hexdigest(), size, err, time.perf_counter() - started
 
 
+def _row(name: str, blob: Path, size: int, secs: float, verdict: str) -> None:
+    print(f"{name:42} {blob.stat().st_size:>8} {size:>8} {secs * 1000:>5.0f}ms  {verdict}")
+
+
 def main() -> int:
     for tool in ("mkfs.erofs", "fsck.erofs", "zstd", "gzip"):
         if shutil.which(tool) is None:
@@ -90,33 +94,29 @@ def main() -> int:
         data = bytearray(blobs[ZSTD].read_bytes())
         broken.write_bytes(bytes(data[: len(data) * 2 // 3]))
 
-        print(f"sample EROFS image: {image.stat().st_size} bytes, sha256 {want[:16]}…")
+        print(f"sample EROFS image: {image.stat().st_size} bytes, sha256 {want[:16]}...")
         print(f"{'media type':42} {'blob':>8} {'out':>8} {'time':>7}  result")
         ok = True
         for media_type, blob in blobs.items():
             code, digest, size, err, secs = run_like_containerd(blob, media_type)
-            out = work / "decoded.erofs"
-            with blob.open("rb") as src, out.open("wb") as dst:
+            decoded = work / "decoded.erofs"
+            with blob.open("rb") as src, decoded.open("wb") as dst:
                 subprocess.run(
                     [sys.executable, "-m", "stream_processor", "--media-type", media_type],
                     stdin=src,
                     stdout=dst,
                     check=True,
                 )
-            fsck = subprocess.run(["fsck.erofs", str(out)], capture_output=True)
+            fsck = subprocess.run(["fsck.erofs", str(decoded)], capture_output=True)
             good = code == 0 and digest == want and fsck.returncode == 0
             ok &= good
             verdict = "identical image, fsck.erofs clean" if good else f"FAILED ({code}: {err})"
-            print(
-                f"{media_type:42} {blob.stat().st_size:>8} {size:>8} {secs * 1000:>5.0f}ms  {verdict}"
-            )
+            _row(media_type, blob, size, secs, verdict)
         code, digest, size, err, secs = run_like_containerd(broken, ZSTD)
         refused = code == 65 and size < image.stat().st_size
         ok &= refused
-        print(
-            f"{'truncated +zstd layer':42} {broken.stat().st_size:>8} {size:>8} {secs * 1000:>5.0f}ms  "
-            f"{'refused' if refused else 'NOT REFUSED'}: exit {code}, {err!r}"
-        )
+        verdict = f"{'refused' if refused else 'NOT REFUSED'}: exit {code}, {err!r}"
+        _row("truncated +zstd layer", broken, size, secs, verdict)
     print("demo: all good" if ok else "demo: FAILED")
     return 0 if ok else 1
 
