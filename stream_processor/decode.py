@@ -8,13 +8,14 @@ and the gate's final checks passed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from stream_processor import compression as codecs
 from stream_processor import mediatypes
 from stream_processor.errors import DataError
 from stream_processor.mediatypes import Compression, Payload
-from stream_processor.sink import HoldbackSink
+from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
@@ -27,6 +28,7 @@ class DecodeOptions:
     media_type: str | None = None
     max_output_bytes: int = DEFAULT_MAX_OUTPUT
     max_window_size: int = DEFAULT_MAX_WINDOW
+    threads: int = 1  # > 1: independent zstd frames decode on this many threads
 
 
 @dataclass
@@ -50,6 +52,34 @@ def _check_compression(route: mediatypes.Route, found: Compression, head: bytes)
     raise DataError(f"media type {route.media_type} says {declared.value}, but the data is {what}")
 
 
+def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterator[bytes]:
+    """The codec for the stream: zstd gets the chunk-table verifier, and with
+    ``threads > 1`` the parallel frame decoder (imported only then)."""
+    assert result.compression is not None
+    if result.compression is not Compression.ZSTD:
+        return codecs.decoder(result.compression, src, max_window_size=options.max_window_size)
+    from stream_processor.seekable import ChunkTableVerifier
+
+    observer = ChunkTableVerifier(result.notes)
+    if options.threads > 1:
+        from stream_processor.parallel_zstd import decode_zstd_parallel
+
+        return decode_zstd_parallel(
+            src,
+            threads=options.threads,
+            max_window_size=options.max_window_size,
+            observer=observer,
+            stats=result.zstd,
+        )
+    return codecs.decoder(
+        result.compression,
+        src,
+        max_window_size=options.max_window_size,
+        observer=observer,
+        zstd_stats=result.zstd,
+    )
+
+
 def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult) -> None:
     """Decode ``in_fd`` to ``out_fd``; fill ``result``; raise on any failure.
 
@@ -62,18 +92,14 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     if not head:
         raise DataError("input is empty")
     result.compression = _check_compression(route, codecs.detect(head), head)
+    widen_pipe(out_fd)
     sink = HoldbackSink(out_fd)
     payload = route.payload
     if route.compression is None and result.compression is Compression.NONE:
         payload = Payload.EROFS
     gate = ImageGate(sink, payload, options.max_output_bytes)
     try:
-        for chunk in codecs.decoder(
-            result.compression,
-            src,
-            max_window_size=options.max_window_size,
-            zstd_stats=result.zstd,
-        ):
+        for chunk in _chunks(src, result, options):
             gate.feed(chunk)
         verdict = gate.finish()
     finally:

@@ -17,6 +17,7 @@ format allows. Content checksums are verified by libzstd itself.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -34,6 +35,7 @@ BLOCK_MAX = 128 * 1024
 MAX_FRAME_HEADER = 18
 DEFAULT_MAX_WINDOW = 1 << 27  # what `zstd -d` accepts without --long / --memory
 SKIPPABLE_PAYLOAD_LIMIT = 64 << 20  # payloads an observer asks to read whole
+MAX_RECORDED_OFFSETS = 1 << 16  # ZstdStats lists keep the first ones only: bounded memory
 
 
 def is_zstd_start(head: bytes | memoryview) -> bool:
@@ -47,9 +49,13 @@ def is_zstd_start(head: bytes | memoryview) -> bool:
 class FrameObserver(Protocol):
     """Told about the framing as it streams by (the chunk-table verifier is one)."""
 
+    def digest_algorithm(self, content_size: int | None) -> str | None:
+        """A ``hashlib`` name to hash this frame's compressed bytes with, or None."""
+        ...
+
     def frame_start(self, index: int, offset: int, content_size: int | None) -> None: ...
 
-    def frame_data(self, data: memoryview) -> None: ...
+    def frame_digest(self, index: int, digest: bytes) -> None: ...
 
     def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None: ...
 
@@ -100,14 +106,15 @@ def decode_zstd(
         magic = _u32(head)
         if magic == ZSTD_MAGIC:
             size = 0
-            for chunk in _decode_frame(src, dctx, stats.frames, max_window_size, observer):
+            for chunk in decode_frame(src, dctx, stats.frames, max_window_size, observer):
                 size += len(chunk)
                 yield chunk
-            stats.frame_offsets.append(offset)
+            if len(stats.frame_offsets) < MAX_RECORDED_OFFSETS:
+                stats.frame_offsets.append(offset)
             stats.frames += 1
             total_out += size
         elif (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC:
-            _skippable(src, magic, offset, observer, stats)
+            read_skippable(src, magic, offset, observer, stats)
         elif stats.frames == 0 and not stats.skippable:
             raise DataError("input is not zstd (no zstd frame magic at the start)")
         else:
@@ -123,7 +130,7 @@ def decode_zstd(
         observer.finish(total_out, src.position)
 
 
-def _skippable(
+def read_skippable(
     src: Source,
     magic: int,
     offset: int,
@@ -134,7 +141,8 @@ def _skippable(
     if len(head) < 8:
         raise DataError(f"zstd: truncated skippable frame header at offset {offset}")
     size = _u32(head, 4)
-    stats.skippable.append((magic, offset, size))
+    if len(stats.skippable) < MAX_RECORDED_OFFSETS:
+        stats.skippable.append((magic, offset, size))
     payload: bytes | None = None
     if observer is not None:
         first = bytes(src.peek(min(size, 64)))
@@ -164,13 +172,19 @@ def _skippable(
         observer.skippable(magic, offset, size, payload)
 
 
-def _decode_frame(
-    src: Source,
-    dctx: zstandard.ZstdDecompressor,
-    index: int,
-    max_window_size: int,
-    observer: FrameObserver | None,
-) -> Iterator[bytes]:
+@dataclass(frozen=True)
+class FrameHeader:
+    """A checked zstd frame header: where the frame starts and what it declares."""
+
+    offset: int
+    header_size: int
+    content_size: int | None
+    has_checksum: bool
+    window_size: int
+
+
+def read_frame_header(src: Source, max_window_size: int) -> FrameHeader:
+    """Peek and check the header of the frame at the current position (nothing consumed)."""
     offset = src.position
     head = bytes(src.peek(MAX_FRAME_HEADER))
     try:
@@ -190,22 +204,21 @@ def _decode_frame(
             f"more than the {max_window_size >> 20} MiB allowed (--max-window-size)"
         )
     content_size = (
-        None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else (params.content_size)
+        None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else params.content_size
     )
-    if observer is not None:
-        observer.frame_start(index, offset, content_size)
-    dobj = dctx.decompressobj()
-    produced = 0
+    return FrameHeader(
+        offset, header_size, content_size, bool(params.has_checksum), params.window_size
+    )
 
-    def feed(data: memoryview) -> bytes:
-        if observer is not None:
-            observer.frame_data(data)
-        try:
-            return dobj.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise DataError(f"zstd: corrupt data in frame at offset {offset}: {exc}") from exc
 
-    feed(src.take(header_size))
+def frame_blocks(src: Source, header: FrameHeader) -> Iterator[memoryview]:
+    """Consume the frame at the current position piece by piece: header, blocks, checksum.
+
+    Each view is valid until the next one is requested. Walking the 3-byte
+    block headers finds the frame's end without decompressing anything.
+    """
+    offset = header.offset
+    yield src.take(header.header_size)
     while True:
         block_offset = src.position
         bh = src.peek(3)
@@ -219,20 +232,43 @@ def _decode_frame(
         data = src.take(length)
         if len(data) < length:
             raise DataError(f"zstd: frame at offset {offset} is truncated (input ends mid-block)")
-        out = feed(data)
-        if out:
-            produced += len(out)
-            yield out
+        yield data
         if last:
             break
-    if params.has_checksum:
+    if header.has_checksum:
         checksum = src.take(4)
         if len(checksum) < 4:
             raise DataError(f"zstd: frame at offset {offset} is truncated (checksum missing)")
-        out = feed(checksum)
-        if out:
-            produced += len(out)
-            yield out
+        yield checksum
+
+
+def decode_frame(
+    src: Source,
+    dctx: zstandard.ZstdDecompressor,
+    index: int,
+    max_window_size: int,
+    observer: FrameObserver | None,
+) -> Iterator[bytes]:
+    header = read_frame_header(src, max_window_size)
+    offset, content_size = header.offset, header.content_size
+    hasher = None
+    if observer is not None:
+        observer.frame_start(index, offset, content_size)
+        algorithm = observer.digest_algorithm(content_size)
+        if algorithm is not None:
+            hasher = hashlib.new(algorithm)
+    dobj = dctx.decompressobj()
+    produced = 0
+    try:
+        for data in frame_blocks(src, header):
+            if hasher is not None:
+                hasher.update(data)
+            out = dobj.decompress(data)
+            if out:
+                produced += len(out)
+                yield out
+    except zstandard.ZstdError as exc:
+        raise DataError(f"zstd: corrupt data in frame at offset {offset}: {exc}") from exc
     if not dobj.eof:
         raise DataError(f"zstd: frame at offset {offset} did not end where its blocks said")
     if content_size is not None and produced != content_size:
@@ -240,4 +276,6 @@ def _decode_frame(
             f"zstd: frame at offset {offset} declares {content_size} bytes but holds {produced}"
         )
     if observer is not None:
+        if hasher is not None:
+            observer.frame_digest(index, hasher.digest())
         observer.frame_end(index, src.position, produced)

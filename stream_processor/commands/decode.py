@@ -44,6 +44,16 @@ def parse_size(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a thread count: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"thread count must be at least 1: {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Read a compressed EROFS layer on stdin and write the validated raw EROFS image "
@@ -69,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest zstd window accepted (default 128MiB, as zstd -d)",
     )
     parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=None,
+        help="threads for independent zstd frames (default: CPUs available to this process)",
+    )
+    parser.add_argument(
         "--log-file", help=f"append a record per run to this file (or ${log.ENV_FILE})"
     )
     parser.add_argument(
@@ -91,9 +107,13 @@ def run(args: argparse.Namespace) -> int:
     if config.fmt not in log.FORMATS:
         raise UsageError(f"unknown log format {config.fmt!r}; use json or logfmt")
     media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0))
     signal.signal(signal.SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
-    options = DecodeOptions(media_type, args.max_output_bytes, args.max_window_size)
+    options = DecodeOptions(
+        media_type, args.max_output_bytes, args.max_window_size, threads=args.threads
+    )
     result = DecodeResult(media_type)
 
     def record(level: str, event: str, exit_code: int, reason: str | None = None) -> None:

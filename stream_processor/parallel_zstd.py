@@ -1,0 +1,252 @@
+"""Decoding independent zstd frames on several threads, output in order.
+
+A seekable layer (and any stream cut into frames) holds frames that do not
+depend on each other. The main thread walks the framing exactly as the
+streaming decoder does (``zstd_codec.frame_blocks``: header, 3-byte block
+headers, checksum) to cut each frame out of the input without decoding it,
+and hands whole frames to a pool; libzstd releases the GIL, so frames decode
+on all cores while the main thread reads ahead and writes results in order.
+
+Only frames that declare a content size of at most ``MAX_PARALLEL_FRAME`` are
+decoded whole; any other frame (no content size, a huge single frame) is
+streamed block by block after the frames before it are out, so memory stays
+bounded by about ``(threads + 1) x (chunk + compressed chunk)`` plus the
+``Source`` buffer. No pool is started until a second frame appears: a
+single-frame stream is decoded on the calling thread.
+
+The observer (the chunk-table verifier) sees the same calls as on the
+streaming path; the frame's SHA-512 is computed on the worker thread with the
+decompression, and ``frame_digest``/``frame_end`` are reported in stream
+order. ``observer.finish`` runs before this generator ends, so a table
+mismatch is raised before the caller releases its held-back output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import zstandard
+
+from stream_processor.errors import DataError
+from stream_processor.source import Source
+from stream_processor.zstd_codec import (
+    DEFAULT_MAX_WINDOW,
+    MAX_RECORDED_OFFSETS,
+    SKIPPABLE_MAGIC,
+    SKIPPABLE_MASK,
+    ZSTD_MAGIC,
+    FrameHeader,
+    FrameObserver,
+    ZstdStats,
+    decode_frame,
+    frame_blocks,
+    read_frame_header,
+    read_skippable,
+)
+
+MAX_PARALLEL_FRAME = 64 << 20  # frames declaring more content are streamed instead
+
+
+def compressed_bound(content_size: int) -> int:
+    """The most compressed bytes a frame of ``content_size`` bytes needs (with slack).
+
+    A zstd block never exceeds 128 KiB plus its 3-byte header, so even
+    incompressible data grows by well under 1 %; anything above this bound is
+    padding meant to make us buffer without limit.
+    """
+    return content_size + (content_size >> 7) + (64 << 10)
+
+
+@dataclass
+class _Job:
+    index: int
+    offset: int
+    end_offset: int
+    content_size: int
+    data: bytearray
+    algorithm: str | None
+    future: Future[tuple[bytes, bytes | None]] | None = None
+
+
+class _Worker:
+    """Per-thread decompressor (a ``ZstdDecompressor`` must not be shared between threads)."""
+
+    def __init__(self, max_window_size: int) -> None:
+        self._max_window_size = max_window_size
+        self._local = threading.local()
+
+    def __call__(self, job: _Job) -> tuple[bytes, bytes | None]:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor(
+                max_window_size=self._max_window_size
+            )
+        digest = hashlib.new(job.algorithm, job.data).digest() if job.algorithm else None
+        try:
+            out = dctx.decompress(job.data, max_output_size=job.content_size)
+        except zstandard.ZstdError as exc:
+            raise DataError(f"zstd: corrupt data in frame at offset {job.offset}: {exc}") from exc
+        if len(out) != job.content_size:
+            raise DataError(
+                f"zstd: frame at offset {job.offset} declares {job.content_size} bytes "
+                f"but holds {len(out)}"
+            )
+        return out, digest
+
+
+class ParallelDecoder:
+    """State of one parallel decode; ``run`` is the generator of output chunks."""
+
+    def __init__(
+        self,
+        src: Source,
+        threads: int,
+        max_window_size: int,
+        observer: FrameObserver | None,
+        stats: ZstdStats,
+        max_frame: int,
+    ) -> None:
+        self.src = src
+        self.threads = max(1, threads)
+        self.max_window_size = max_window_size
+        self.observer = observer
+        self.stats = stats
+        self.max_frame = max_frame
+        self.worker = _Worker(max_window_size)
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: deque[_Job] = deque()
+        self.index = 0
+        self.total_out = 0
+        self.pool_started = False
+
+    def run(self) -> Iterator[bytes]:
+        try:
+            yield from self._frames()
+        finally:
+            for job in self.pending:
+                if job.future is not None:
+                    job.future.cancel()
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _frames(self) -> Iterator[bytes]:
+        src, stats = self.src, self.stats
+        dctx: zstandard.ZstdDecompressor | None = None
+        while True:
+            head = src.peek(8)
+            if not head:
+                break
+            offset = src.position
+            if len(head) < 4:
+                raise DataError(
+                    f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
+                )
+            magic = int.from_bytes(head[:4], "little")
+            if magic == ZSTD_MAGIC:
+                header = read_frame_header(src, self.max_window_size)
+                if header.content_size is not None and header.content_size <= self.max_frame:
+                    yield from self._queue(self._collect(header))
+                    continue
+                yield from self._drain(0)
+                if dctx is None:
+                    dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window_size)
+                for chunk in decode_frame(
+                    src, dctx, self.index, self.max_window_size, self.observer
+                ):
+                    self.total_out += len(chunk)
+                    yield chunk
+                self._count(offset)
+            elif (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC:
+                read_skippable(src, magic, offset, self.observer, stats)
+            elif self.index == 0 and not stats.skippable:
+                raise DataError("input is not zstd (no zstd frame magic at the start)")
+            else:
+                raise DataError(
+                    f"zstd: trailing data at offset {offset} is neither a zstd frame "
+                    "nor a skippable frame"
+                )
+        yield from self._drain(0)
+        if self.index == 0:
+            if stats.skippable:
+                raise DataError("zstd: the stream holds no data frame, only skippable frames")
+            raise DataError("input is empty")
+        if self.observer is not None:
+            self.observer.finish(self.total_out, src.position)
+
+    def _count(self, offset: int) -> None:
+        if len(self.stats.frame_offsets) < MAX_RECORDED_OFFSETS:
+            self.stats.frame_offsets.append(offset)
+        self.index += 1
+        self.stats.frames = self.index
+
+    def _collect(self, header: FrameHeader) -> _Job:
+        """Consume one frame whole; tell the observer it started."""
+        assert header.content_size is not None
+        limit = compressed_bound(header.content_size)
+        data = bytearray()
+        for piece in frame_blocks(self.src, header):
+            data += piece
+            if len(data) > limit:
+                raise DataError(
+                    f"zstd: frame at offset {header.offset} is far larger than the "
+                    f"{header.content_size} bytes it declares"
+                )
+        algorithm = None
+        if self.observer is not None:
+            self.observer.frame_start(self.index, header.offset, header.content_size)
+            algorithm = self.observer.digest_algorithm(header.content_size)
+        job = _Job(
+            self.index, header.offset, self.src.position, header.content_size, data, algorithm
+        )
+        self._count(header.offset)
+        return job
+
+    def _queue(self, job: _Job) -> Iterator[bytes]:
+        self.pending.append(job)
+        if self.threads < 2:
+            yield from self._drain(0)
+            return
+        if self.pool is None:
+            if len(self.pending) < 2:
+                return  # maybe the only frame: decode it here unless another one follows
+            self.pool = ThreadPoolExecutor(self.threads, "zstd")
+        for waiting in self.pending:
+            if waiting.future is None:
+                waiting.future = self.pool.submit(self.worker, waiting)
+        yield from self._drain(self.threads)
+
+    def _drain(self, keep: int) -> Iterator[bytes]:
+        """Output the oldest jobs, in order, until at most ``keep`` are pending."""
+        while len(self.pending) > keep:
+            job = self.pending[0]
+            out, digest = job.future.result() if job.future is not None else self.worker(job)
+            self.pending.popleft()
+            job.data = bytearray()
+            if self.observer is not None:
+                if digest is not None:
+                    self.observer.frame_digest(job.index, digest)
+                self.observer.frame_end(job.index, job.end_offset, len(out))
+            self.total_out += len(out)
+            yield out
+
+
+def decode_zstd_parallel(
+    src: Source,
+    *,
+    threads: int,
+    max_window_size: int = DEFAULT_MAX_WINDOW,
+    observer: FrameObserver | None = None,
+    stats: ZstdStats | None = None,
+    max_frame: int = MAX_PARALLEL_FRAME,
+) -> Iterator[bytes]:
+    """Yield the decompressed bytes of every frame in ``src``, in order, using ``threads``.
+
+    Same contract and errors as ``zstd_codec.decode_zstd``.
+    """
+    stats = stats if stats is not None else ZstdStats()
+    return ParallelDecoder(src, threads, max_window_size, observer, stats, max_frame).run()
