@@ -1,0 +1,232 @@
+"""Property-based fuzzing of the decoder (hypothesis), and a short atheris run.
+
+Seeds are real ``mkfs.erofs`` images (and a real tar) wrapped every way the
+project supports; hypothesis picks a seed, a structural mutation and its
+random choices, and shrinks any counterexample. The oracle is
+``_reliability_helpers.violation``: a decode may succeed only with exactly
+what a strict independent decoder makes of the stream, and that must be a
+sound EROFS image (or a tar on the shared route); anything else must be a
+one-line ``DataError``. The CLI-level properties run the real program in a
+subprocess under a 1 GiB address-space limit and a timeout.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import _reliability_helpers as rh
+from tests.conftest import require_tool
+from tests.fuzz import seeds as corpus
+
+LIMIT = 64 << 20
+CLI_CASES_PER_CLASS = 10
+FUZZ_SECONDS = 20
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[rh.Seed]:
+    work = tmp_path_factory.mktemp("fuzz-seeds")
+    return rh.build_seeds(rh.make_image(work), rh.make_tar(work))
+
+
+_SEED_NAMES = [
+    "zstd",
+    "zstd-chunked",
+    "gzip",
+    "gzip-multi",
+    "raw",
+    "detect-zstd",
+    "tar+zstd-erofs",
+    "tar+gzip-erofs",
+    "tar+zstd-tar",
+    "tar+gzip-tar",
+]
+
+
+def _by_name(seeds: list[rh.Seed], name: str) -> rh.Seed:
+    return next(s for s in seeds if s.name == name)
+
+
+def test_seed_names_cover_every_wrapping(seeds: list[rh.Seed]) -> None:
+    assert [s.name for s in seeds] == _SEED_NAMES
+
+
+@pytest.mark.parametrize("name", _SEED_NAMES)
+def test_every_seed_decodes_exactly_under_a_memory_limit(seeds: list[rh.Seed], name: str) -> None:
+    seed = _by_name(seeds, name)
+    outcome = rh.run_processor(seed.data, seed.media_type)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout == seed.expected
+    assert outcome.stderr == ""
+
+
+def test_seed_image_passes_fsck(seeds: list[rh.Seed], tmp_path: Path) -> None:
+    require_tool("fsck.erofs")
+    image = tmp_path / "out.erofs"
+    image.write_bytes(rh.run_processor(_by_name(seeds, "zstd-chunked").data, rh.ZSTD_ROUTE).stdout)
+    subprocess.run(["fsck.erofs", str(image)], check=True, capture_output=True)
+
+
+# In process: hundreds of mutated layers per run, shrunk on failure.
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    name=st.sampled_from(_SEED_NAMES),
+    mutator=st.sampled_from(sorted(rh.MUTATORS)),
+    rng_seed=st.integers(0, 2**32 - 1),
+)
+def test_mutated_layers_decode_right_or_fail_cleanly(
+    seeds: list[rh.Seed], name: str, mutator: str, rng_seed: int
+) -> None:
+    seed = _by_name(seeds, name)
+    data = rh.MUTATORS[mutator](seed, random.Random(rng_seed))
+    ok, output, message = rh.decode_in_process(data, seed.media_type, LIMIT)
+    assert rh.violation(seed.media_type, data, ok, output, message, limit=LIMIT) is None
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    name=st.sampled_from(_SEED_NAMES),
+    route=st.sampled_from(corpus.ROUTES),
+    edits=st.lists(
+        st.tuples(st.integers(0, 2**31), st.integers(0, 255), st.sampled_from("xitd")),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_byte_edits_on_any_route(
+    seeds: list[rh.Seed], name: str, route: str | None, edits: list[tuple[int, int, str]]
+) -> None:
+    """xor / insert / truncate / delete bytes anywhere, and send the result on any route."""
+    data = bytearray(_by_name(seeds, name).data)
+    for pos, value, op in edits:
+        at = pos % (len(data) + 1)
+        if op == "x" and at < len(data):
+            data[at] ^= value or 1
+        elif op == "i":
+            data[at:at] = bytes([value]) * (1 + value % 9)
+        elif op == "t":
+            del data[at:]
+        elif op == "d":
+            del data[at : at + 1 + value]
+    ok, output, message = rh.decode_in_process(bytes(data), route, LIMIT)
+    assert rh.violation(route, bytes(data), ok, output, message, limit=LIMIT) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prefix=st.sampled_from([b"", b"\x28\xb5\x2f\xfd", b"\x50\x2a\x4d\x18", b"\x1f\x8b\x08\x00"]),
+    body=st.binary(max_size=2048),
+    route=st.sampled_from(corpus.ROUTES),
+)
+def test_arbitrary_bytes_never_crash(prefix: bytes, body: bytes, route: str | None) -> None:
+    data = prefix + body
+    ok, output, message = rh.decode_in_process(data, route, LIMIT)
+    assert rh.violation(route, data, ok, output, message, limit=LIMIT) is None
+
+
+# Out of process: the real CLI, exit codes, one stderr line, no traceback, RLIMIT_AS.
+@pytest.mark.slow
+def test_cli_mutations_exit_65_with_one_line(seeds: list[rh.Seed]) -> None:
+    cases = list(rh.mutated_cases(seeds, CLI_CASES_PER_CLASS, rng_seed=2026))
+
+    def judge(case: tuple[str, rh.Seed, bytes]) -> str | None:
+        klass, seed, data = case
+        outcome = rh.run_processor(data, seed.media_type)
+        problem = rh.cli_violation(outcome, seed.media_type, data, None)
+        if problem is None and outcome.seconds > 10:
+            problem = f"took {outcome.seconds:.1f} s"
+        return None if problem is None else f"{klass} on {seed.name}: {problem}"
+
+    with ThreadPoolExecutor(2) as pool:
+        problems = [p for p in pool.map(judge, cases) if p]
+    assert not problems, problems[:5]
+
+
+def _bomb(image: bytes, zeros: int) -> bytes:
+    """A real image followed by ``zeros`` zero bytes, as one zstd frame (a few KiB)."""
+    cctx = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    chunks = [image] + [bytes(1 << 24)] * (zeros >> 24)
+    return cctx.compress(b"".join(chunks)) if zeros <= 1 << 26 else _stream_bomb(cctx, chunks)
+
+
+def _stream_bomb(cctx: zstandard.ZstdCompressor, chunks: list[bytes]) -> bytes:
+    comp = cctx.compressobj()
+    return b"".join(comp.compress(c) for c in chunks) + comp.flush()
+
+
+@pytest.mark.parametrize("wrap", ["zstd", "gzip"])
+def test_decompression_bomb_is_refused_within_memory(seeds: list[rh.Seed], wrap: str) -> None:
+    image = _by_name(seeds, "raw").data
+    if wrap == "zstd":
+        data, route = _bomb(image, 1 << 30), rh.ZSTD_ROUTE
+    else:
+        import zlib
+
+        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+        zero = bytes(1 << 24)  # 18 x 16 MiB: just over the 256 MiB cap, fast to compress
+        data = comp.compress(image) + b"".join(comp.compress(zero) for _ in range(18))
+        data += comp.flush()
+        route = rh.GZIP_ROUTE
+    assert len(data) < 2 << 20
+    outcome = rh.run_processor(data, route, "--max-output-bytes", "256MiB", as_limit=512 << 20)
+    assert outcome.exit_code == rh.EXIT_DATA, outcome.stderr
+    assert "decompression bomb" in outcome.stderr
+    assert len(outcome.stderr_lines) == 1
+
+
+def test_huge_window_frame_is_refused(seeds: list[rh.Seed]) -> None:
+    """A frame asking for a 2 GiB window is refused up front, not allocated."""
+    image = _by_name(seeds, "raw").data
+    params = zstandard.ZstdCompressionParameters(window_log=31, enable_ldm=True)
+    comp = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    data = comp.compress(image) + comp.flush()  # no content size: the window descriptor rules
+    assert zstandard.get_frame_parameters(data).window_size == 1 << 31
+    outcome = rh.run_processor(data, rh.ZSTD_ROUTE, as_limit=512 << 20)
+    assert outcome.exit_code == rh.EXIT_DATA, outcome.stderr
+    assert "window" in outcome.stderr
+    assert len(outcome.stderr_lines) == 1
+
+
+@pytest.mark.slow
+def test_atheris_short_run(seeds: list[rh.Seed], tmp_path: Path) -> None:
+    """The coverage-guided fuzzer for ``FUZZ_SECONDS``: no crash, no oracle violation."""
+    pytest.importorskip("atheris")
+    corpus_dir = tmp_path / "corpus"
+    corpus.write_corpus(corpus_dir, seeds)
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(rh.ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
+            f"-max_total_time={FUZZ_SECONDS}",
+            f"-artifact_prefix={artifacts}/",
+            "-print_final_stats=1",
+            str(corpus_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_SECONDS + 120,
+        env=rh.processor_env({"EROFS_SP_FUZZ_WORK": str(tmp_path / "work")}),
+        cwd=rh.ROOT,
+    )
+    found = sorted(p.name for p in artifacts.iterdir())
+    assert proc.returncode == 0 and not found, (found, proc.stderr[-3000:])
+    assert "Done" in proc.stderr
