@@ -1,0 +1,278 @@
+"""containerd's binary stream-processor contract, exercised on real layers.
+
+Each test starts the processor through ``containerd_harness.run_processor``,
+which reproduces ``NewBinaryProcessor`` (env + STREAM_PROCESSOR_MEDIATYPE,
+stdin fed by a writer thread, stdout read in 32 KiB pieces through SHA-256,
+stderr collected, optional fd 3 payload pipe, kill on early close). Test
+names say which clause of the contract failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_tree, mkfs_erofs, require_tool
+from tests.containerd_harness import (
+    Observation,
+    Payload,
+    open_fds,
+    run_processor,
+    sha256_file,
+    zombies_of,
+)
+
+TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
+EROFS_GZIP = "application/vnd.erofs.layer.v1+gzip"
+MEMORY_TARGET_KIB = 64 * 1024  # the product target: <= 64 MiB peak RSS
+EXIT_DATA = 65
+EXIT_USAGE = 2
+EXIT_SIGPIPE = 128 + signal.SIGPIPE
+LARGE_TREE_CANDIDATES = ("/usr/share/locale", "/usr/share/doc", "/usr/share")
+LARGE_MIN_BYTES = 100 * 1024 * 1024
+
+
+def _zstd(src: Path, dst: Path) -> Path:
+    require_tool("zstd")
+    subprocess.run(["zstd", "-q", "-f", "-T2", "-3", str(src), "-o", str(dst)], check=True)
+    return dst
+
+
+def _gzip(src: Path, dst: Path) -> Path:
+    with open(dst, "wb") as out:
+        subprocess.run(["gzip", "-n", "-c", str(src)], stdout=out, check=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def layers(
+    erofs_image: Path, sample_tree: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The sample image as +zstd/+gzip layers, and an ordinary tar layer as tar+zstd."""
+    work = tmp_path_factory.mktemp("contract-layers")
+    tar = work / "layer.tar"
+    subprocess.run(
+        ["tar", "--sort=name", "--mtime=@0", "-C", str(sample_tree), "-cf", str(tar), "."],
+        check=True,
+    )
+    return {
+        "image": erofs_image,
+        "zstd": _zstd(erofs_image, work / "image.erofs.zst"),
+        "gzip": _gzip(erofs_image, work / "image.erofs.gz"),
+        "tar": tar,
+        "tar.zstd": _zstd(tar, work / "layer.tar.zst"),
+    }
+
+
+@pytest.fixture(scope="module")
+def large_layer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A >= 100 MiB image built by mkfs.erofs from a real directory tree, and its zstd layer."""
+    work = tmp_path_factory.mktemp("contract-large")
+    image = work / "large.erofs"
+    for candidate in LARGE_TREE_CANDIDATES:
+        if os.path.isdir(candidate):
+            mkfs_erofs(Path(candidate), image)
+            if image.stat().st_size >= LARGE_MIN_BYTES:
+                break
+    else:  # no big system tree on this machine: synthesise enough real files
+        tree = make_tree(work / "tree", scale=1)
+        blob = os.urandom(1 << 20)
+        for i in range(LARGE_MIN_BYTES >> 20):
+            (tree / f"big{i}.bin").write_bytes(blob[i:] + blob[:i])
+        mkfs_erofs(tree, image)
+    assert image.stat().st_size >= LARGE_MIN_BYTES
+    return image, _zstd(image, work / "large.erofs.zst")
+
+
+def _assert_clean_success(obs: Observation, expected: Path) -> None:
+    assert obs.stderr == b"", obs.stderr
+    assert obs.returncode == 0
+    assert obs.out_bytes == expected.stat().st_size
+    assert obs.digest == sha256_file(expected)
+
+
+def _assert_clean_failure(obs: Observation, expected: Path, exit_code: int, words: str) -> None:
+    """One stderr line naming the problem, the exit status, and no complete image on stdout."""
+    assert obs.returncode == exit_code, obs
+    lines = obs.stderr_lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("erofs-stream-processor: ")
+    assert words in lines[0]
+    assert "Traceback" not in obs.stderr.decode()
+    assert obs.out_bytes < expected.stat().st_size
+    assert obs.digest != sha256_file(expected)
+
+
+# ------------------------------------------------------------------ success
+
+
+@pytest.mark.parametrize(
+    ("media_type", "layer"),
+    [(TAR_ZSTD, "zstd"), (EROFS_ZSTD, "zstd"), (EROFS_GZIP, "gzip"), (TAR_GZIP, "gzip")],
+)
+def test_contract_stdout_digest_is_the_raw_image(
+    layers: dict[str, Path], media_type: str, layer: str
+) -> None:
+    obs = run_processor(layers[layer], media_type)
+    _assert_clean_success(obs, layers["image"])
+
+
+def test_contract_tar_layer_on_shared_route_passes_through_byte_for_byte(
+    layers: dict[str, Path],
+) -> None:
+    obs = run_processor(layers["tar.zstd"], TAR_ZSTD)
+    _assert_clean_success(obs, layers["tar"])
+
+
+def test_contract_without_media_type_env_detects_compression(layers: dict[str, Path]) -> None:
+    obs = run_processor(layers["zstd"], None)
+    _assert_clean_success(obs, layers["image"])
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        Payload.ABSENT,
+        Payload.EMPTY,
+        b"\x0a\x04type\x12\x02hi",
+        os.urandom(100_000),
+        b"x" * (3 << 20),
+    ],
+    ids=["fd3-absent", "fd3-empty", "fd3-small-any", "fd3-100KiB", "fd3-3MiB-over-drain-limit"],
+)
+def test_contract_fd3_payload_never_blocks_nor_changes_output(
+    layers: dict[str, Path], payload: bytes | Payload
+) -> None:
+    obs = run_processor(layers["zstd"], EROFS_ZSTD, payload=payload, inspect=True)
+    _assert_clean_success(obs, layers["image"])
+    if payload is Payload.ABSENT:
+        assert obs.payload_pipe is None
+        assert obs.fd3_at_start is None or not obs.fd3_at_start.startswith("pipe:")
+    else:  # the processor really started with the payload pipe on fd 3, as ExtraFiles does
+        assert obs.fd3_at_start == obs.payload_pipe
+    # the processor drains fd 3 and closes it; it never keeps the pipe open
+    assert set(obs.fds_mid_run) <= {"0", "1", "2"}, obs.fds_mid_run
+    if isinstance(payload, bytes) and len(payload) <= (1 << 20):
+        assert obs.payload_written == len(payload)
+        assert obs.payload_error is None
+
+
+def test_contract_no_stray_fds_children_or_zombies(layers: dict[str, Path]) -> None:
+    before = open_fds()
+    obs = run_processor(layers["zstd"], TAR_ZSTD, payload=b"payload", inspect=True)
+    _assert_clean_success(obs, layers["image"])
+    # mid-run the processor held stdio only (fd 3 drained and closed) and started no children
+    assert set(obs.fds_mid_run) <= {"0", "1", "2"}, obs.fds_mid_run
+    assert obs.children_mid_run == []
+    # afterwards: nothing leaked in the parent, the child is reaped
+    assert open_fds() <= before | {str(fd) for fd in range(3)}
+    assert not os.path.exists(f"/proc/{obs.pid}")
+    assert zombies_of(os.getpid()) == []
+
+
+def test_contract_log_file_records_success_at_info(layers: dict[str, Path], tmp_path: Path) -> None:
+    logfile = tmp_path / "sp.log"
+    env = {"EROFS_SP_LOG_FILE": str(logfile), "EROFS_SP_LOG_LEVEL": "info"}
+    obs = run_processor(layers["zstd"], TAR_ZSTD, env=env)
+    _assert_clean_success(obs, layers["image"])
+    record = json.loads(logfile.read_text().splitlines()[-1])
+    assert record["event"] == "decoded"
+    assert record["media_type"] == TAR_ZSTD
+    assert record["bytes_out"] == layers["image"].stat().st_size
+
+
+# ------------------------------------------------------------------ failures
+
+
+def _corrupt(src: Path, dst: Path) -> Path:
+    data = bytearray(src.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_contract_corrupt_zstd_fails_with_one_line_and_no_complete_image(
+    layers: dict[str, Path], tmp_path: Path
+) -> None:
+    bad = _corrupt(layers["zstd"], tmp_path / "bad.zst")
+    obs = run_processor(bad, TAR_ZSTD)
+    _assert_clean_failure(obs, layers["image"], EXIT_DATA, "zstd")
+
+
+def test_contract_truncated_gzip_fails_with_one_line(
+    layers: dict[str, Path], tmp_path: Path
+) -> None:
+    data = layers["gzip"].read_bytes()
+    short = tmp_path / "short.gz"
+    short.write_bytes(data[: len(data) - 100])
+    obs = run_processor(short, EROFS_GZIP)
+    _assert_clean_failure(obs, layers["image"], EXIT_DATA, "gzip")
+
+
+def test_contract_media_type_mismatch_names_both(layers: dict[str, Path]) -> None:
+    obs = run_processor(layers["zstd"], EROFS_GZIP)
+    _assert_clean_failure(obs, layers["image"], EXIT_DATA, "says gzip")
+
+
+def test_contract_unsupported_media_type_is_a_usage_error(layers: dict[str, Path]) -> None:
+    obs = run_processor(layers["zstd"], "application/vnd.example.unknown+zstd")
+    _assert_clean_failure(obs, layers["image"], EXIT_USAGE, "unsupported media type")
+
+
+def test_contract_failure_reason_lands_in_log_file(layers: dict[str, Path], tmp_path: Path) -> None:
+    """containerd 2.3's erofs differ drops stderr: the log file must hold the reason."""
+    logfile = tmp_path / "sp.log"
+    bad = _corrupt(layers["zstd"], tmp_path / "bad.zst")
+    obs = run_processor(bad, TAR_ZSTD, env={"EROFS_SP_LOG_FILE": str(logfile)})
+    assert obs.returncode == EXIT_DATA
+    record = json.loads(logfile.read_text().splitlines()[-1])
+    assert record["event"] == "decode_failed"
+    assert "zstd" in record["reason"]
+    assert record["exit_code"] == EXIT_DATA
+
+
+# ------------------------------------------------------------ large layers
+
+
+@pytest.mark.slow
+def test_contract_large_layer_exact_digest_and_bounded_memory(
+    large_layer: tuple[Path, Path],
+) -> None:
+    image, layer = large_layer
+    obs = run_processor(layer, TAR_ZSTD, timeout=120)
+    _assert_clean_success(obs, image)
+    assert 0 < obs.peak_rss_kib <= MEMORY_TARGET_KIB, f"peak RSS {obs.peak_rss_kib} KiB"
+
+
+@pytest.mark.slow
+def test_contract_reader_closes_early_then_kill_leaves_no_zombie(
+    large_layer: tuple[Path, Path],
+) -> None:
+    image, layer = large_layer
+    obs = run_processor(layer, EROFS_ZSTD, close_after=256 * 1024)
+    assert obs.closed_early
+    assert obs.out_bytes < image.stat().st_size
+    assert obs.returncode in (-signal.SIGKILL, EXIT_SIGPIPE, -signal.SIGPIPE)
+    assert b"Traceback" not in obs.stderr
+    assert not os.path.exists(f"/proc/{obs.pid}")
+    assert zombies_of(os.getpid()) == []
+
+
+@pytest.mark.slow
+def test_contract_reader_closes_early_without_kill_ends_quietly_on_epipe(
+    large_layer: tuple[Path, Path],
+) -> None:
+    """EPIPE/SIGPIPE must end the process by itself, quietly, well before the input ends."""
+    _image, layer = large_layer
+    obs = run_processor(layer, EROFS_ZSTD, close_after=64 * 1024, kill_on_close=False, timeout=30)
+    assert not obs.timed_out, "the processor kept running after its reader went away"
+    assert obs.returncode in (EXIT_SIGPIPE, -signal.SIGPIPE), obs.returncode
+    assert obs.stderr == b"", obs.stderr
+    assert obs.stdin_written < layer.stat().st_size or obs.stdin_error is not None
