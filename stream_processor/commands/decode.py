@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 from types import FrameType
 
@@ -15,6 +14,7 @@ from stream_processor.errors import (
     EXIT_OK,
     EXIT_SIGPIPE,
     EXIT_SIGTERM,
+    InputOutputError,
     ProcessorError,
     ReaderGone,
     Terminated,
@@ -101,6 +101,15 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def _standard_fd(fd: int, name: str) -> int:
+    """``fd`` if it is open: a closed stdin/stdout (``<&-``) is an I/O error, not a crash."""
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        raise InputOutputError.from_os_error(f"{name} is not open", exc) from exc
+    return fd
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     config = log.LogConfig.from_options(args.log_file, args.log_format, args.log_level)
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         resolve(media_type)  # an unknown media type is a usage error before any input is read
-        decode(sys.stdin.fileno(), sys.stdout.fileno(), options, result)
+        decode(_standard_fd(0, "stdin"), _standard_fd(1, "stdout"), options, result)
     except ProcessorError as exc:
         record("error", "decode_failed", exc.exit_code, f"{exc.reason}: {exc.message}")
         raise
