@@ -1,0 +1,453 @@
+"""Faults around the decoder: the reader leaves, SIGTERM, a full disk, unreadable stdin,
+a broken log file, a hostile fd 3.
+
+Each fault is a function returning a ``FaultResult`` so that
+``reliability_report.py`` runs exactly what these tests assert. The
+processor is always the real CLI in a subprocess (as containerd runs it),
+under a 1 GiB address-space limit, fed real ``mkfs.erofs`` layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests import _reliability_helpers as rh
+
+
+@dataclass
+class FaultResult:
+    """What one fault run showed; ``problem`` is ``None`` when the behaviour is right."""
+
+    exit_code: int | None
+    seconds: float
+    stderr: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Layers:
+    image: bytes  # a raw mkfs.erofs image
+    zstd: bytes  # that image as one zstd frame
+    padded_zstd: bytes  # the image + 256 MiB of zeros (output flows long before the end)
+
+
+def make_layers(work: Path) -> Layers:
+    image = rh.make_image(work)
+    comp = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
+    padded = comp.compress(image) + b"".join(comp.compress(bytes(1 << 24)) for _ in range(16))
+    return Layers(image, rh.zstd_frame(image), padded + comp.flush())
+
+
+def _popen(
+    media_type: str | None,
+    *args: str,
+    stdin: int,
+    stdout: int,
+    fd3: int | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    limit = rh.limit_address_space()
+
+    def preexec() -> None:
+        limit()
+        if fd3 is not None:
+            os.dup2(fd3, 3)
+
+    return subprocess.Popen(
+        rh.processor_cmd(media_type, *args),
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=rh.processor_env(env),
+        cwd=rh.ROOT,
+        preexec_fn=preexec,
+        close_fds=fd3 is None,  # fd 3 must survive exec; Python's own fds are not inheritable
+    )
+
+
+def _feed(fd: int, data: bytes) -> threading.Thread:
+    """Write ``data`` to ``fd`` from a thread, ignoring the reader going away."""
+
+    def run() -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[: 1 << 20]) :]
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _finish(proc: subprocess.Popen[bytes], started: float, timeout: float) -> FaultResult:
+    code = rh.wait_exit(proc, timeout)
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode("utf-8", "replace")
+    proc.stderr.close()
+    result = FaultResult(code, time.monotonic() - started, stderr)
+    if code is None:
+        result.problem = f"still running after {timeout} s (killed)"
+    elif "Traceback" in stderr:
+        result.problem = "traceback on stderr"
+    return result
+
+
+def reader_closes_early(layers: Layers) -> FaultResult:
+    """containerd stops reading after 1 MiB: exit 141 at once, nothing on stderr."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    started = time.monotonic()
+    proc = _popen(rh.ZSTD_ROUTE, stdin=in_r, stdout=out_w)
+    os.close(in_r)
+    os.close(out_w)
+    _feed(in_w, layers.padded_zstd)
+    got = 0
+    while got < 1 << 20:
+        chunk = os.read(out_r, 65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    os.close(out_r)
+    closed = time.monotonic()
+    result = _finish(proc, started, 10)
+    result.seconds = time.monotonic() - closed
+    if result.problem is None:
+        if result.exit_code != rh.EXIT_SIGPIPE:
+            result.problem = f"exit {result.exit_code}, want 141"
+        elif result.stderr:
+            result.problem = f"not quiet: {result.stderr!r}"
+        elif result.seconds > 3:
+            result.problem = f"took {result.seconds:.1f} s to notice"
+    return result
+
+
+def sigterm_mid_stream(layers: Layers, log_file: Path) -> FaultResult:
+    """Half a layer arrives, then SIGTERM: exit 143 promptly and a log record says so."""
+    in_r, in_w = os.pipe()
+    started = time.monotonic()
+    proc = _popen(
+        rh.ZSTD_ROUTE,
+        "--log-file",
+        str(log_file),
+        stdin=in_r,
+        stdout=subprocess.DEVNULL,
+    )
+    os.close(in_r)
+    os.write(in_w, layers.zstd[: len(layers.zstd) // 2])  # fits in the pipe buffer
+    time.sleep(0.5)  # let it start and block on the rest of the input
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    result = _finish(proc, started, 10)
+    os.close(in_w)
+    result.seconds = time.monotonic() - sent
+    if result.problem is None:
+        records = _records(log_file)
+        if result.exit_code != rh.EXIT_SIGTERM:
+            result.problem = f"exit {result.exit_code}, want 143"
+        elif result.seconds > 2:
+            result.problem = f"took {result.seconds:.1f} s to stop"
+        elif not any(r.get("event") == "terminated" for r in records):
+            result.problem = f"no 'terminated' record in the log: {records}"
+    return result
+
+
+def stdout_on_full_disk(layers: Layers) -> FaultResult:
+    """stdout is /dev/full (ENOSPC on every write): exit 74 with one clear line."""
+    with open("/dev/full", "wb") as full:
+        started = time.monotonic()
+        in_r, in_w = os.pipe()
+        proc = _popen(rh.ZSTD_ROUTE, stdin=in_r, stdout=full.fileno())
+        os.close(in_r)
+        _feed(in_w, layers.zstd)
+        result = _finish(proc, started, 30)
+    if result.problem is None:
+        lines = result.stderr.splitlines()
+        if result.exit_code != rh.EXIT_IO:
+            result.problem = f"exit {result.exit_code}, want 74: {result.stderr!r}"
+        elif len(lines) != 1 or "No space left on device" not in lines[0]:
+            result.problem = f"stderr is not one clear line: {result.stderr!r}"
+    return result
+
+
+STDIN_FAULTS = ("write-only fd (EBADF)", "TCP reset mid-stream (ECONNRESET)", "closed")
+
+
+def stdin_unreadable(layers: Layers, kind: str, tmp: Path) -> FaultResult:
+    """Reading stdin fails (EBADF, ECONNRESET) or stdin is closed: exit 74 with one line."""
+    started = time.monotonic()
+    peer: socket.socket | None = None
+    if kind.startswith("write-only"):
+        path = tmp / "write-only"
+        path.write_bytes(layers.zstd)
+        fd = os.open(path, os.O_WRONLY)
+        proc = _popen(rh.ZSTD_ROUTE, stdin=fd, stdout=subprocess.PIPE)
+        os.close(fd)
+        want = "cannot read the input: Bad file descriptor"
+    elif kind.startswith("TCP"):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            peer = socket.create_connection(server.getsockname())
+            conn, _ = server.accept()
+        proc = _popen(rh.ZSTD_ROUTE, stdin=conn.fileno(), stdout=subprocess.PIPE)
+        conn.close()
+        peer.sendall(layers.zstd[:4096])
+        time.sleep(0.3)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # RST: the processor's next read fails with ECONNRESET
+        want = "cannot read the input: Connection reset by peer"
+    else:
+        proc = subprocess.Popen(
+            rh.processor_cmd(rh.ZSTD_ROUTE),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=rh.processor_env(),
+            cwd=rh.ROOT,
+            preexec_fn=lambda: os.close(0),
+        )
+        want = "stdin is not open"
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    result = _finish(proc, started, 10)
+    if result.problem is None:
+        lines = result.stderr.splitlines()
+        if result.exit_code != rh.EXIT_IO:
+            result.problem = f"exit {result.exit_code}, want 74: {result.stderr!r}"
+        elif len(lines) != 1 or want not in lines[0]:
+            result.problem = f"stderr is not one clear line: {result.stderr!r}"
+        elif out:
+            result.problem = "wrote output"
+    return result
+
+
+def stdin_is_directory(tmp: Path) -> FaultResult:
+    """stdin is a directory: CPython itself refuses to start ("<stdin> is a directory").
+
+    The interpreter checks this in ``init_sys_streams`` before any of the
+    program's code runs, so the EISDIR read error cannot be reached from
+    Python. What is asserted: a non-zero exit at once, nothing on stdout.
+    """
+    started = time.monotonic()
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    proc = _popen(rh.ZSTD_ROUTE, stdin=fd, stdout=subprocess.PIPE)
+    os.close(fd)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    result = _finish(proc, started, 10)
+    if result.problem is None and (result.exit_code in (None, 0) or out):
+        result.problem = f"exit {result.exit_code} with {len(out)} bytes of output"
+    return result
+
+
+def stdout_not_open(layers: Layers) -> FaultResult:
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        rh.processor_cmd(rh.ZSTD_ROUTE),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=rh.processor_env(),
+        cwd=rh.ROOT,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(layers.zstd)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    result = _finish(proc, started, 10)
+    if result.problem is None and (
+        result.exit_code != rh.EXIT_IO or "stdout is not open" not in result.stderr
+    ):
+        result.problem = f"exit {result.exit_code}: {result.stderr!r}"
+    return result
+
+
+LOG_FAULTS = ("directory missing", "path is a directory", "disk full (/dev/full)")
+
+
+def log_unwritable(layers: Layers, kind: str, tmp: Path) -> FaultResult:
+    """The log file cannot be written: the decode still succeeds; stderr says logging is off."""
+    path = {
+        "directory missing": tmp / "no-such-dir" / "sp.log",
+        "path is a directory": tmp,
+        "disk full (/dev/full)": Path("/dev/full"),
+    }[kind]
+    outcome = rh.run_processor(
+        layers.zstd, rh.ZSTD_ROUTE, "--log-file", str(path), "--log-level", "info"
+    )
+    result = FaultResult(outcome.exit_code, outcome.seconds, outcome.stderr)
+    if outcome.exit_code != 0 or outcome.stdout != layers.image:
+        result.problem = f"decode failed because of the log: {outcome.exit_code} {outcome.stderr!r}"
+    elif len(outcome.stderr_lines) != 1 or "logging is off" not in outcome.stderr:
+        result.problem = f"stderr does not say logging is off: {outcome.stderr!r}"
+    elif "Traceback" in outcome.stderr:
+        result.problem = "traceback"
+    return result
+
+
+FD3_KINDS = (
+    "pipe, 256 MiB payload",
+    "pipe, never written nor closed",
+    "socket, endless payload",
+    "sparse 8 GiB file",
+    "/dev/zero",
+)
+
+
+def fd3_hostile(layers: Layers, kind: str, tmp: Path) -> FaultResult:
+    """fd 3 holds something unexpected or huge: bounded read or ignored, never a hang."""
+    keep_open: list[int] = []
+    stop = threading.Event()
+    writer: threading.Thread | None = None
+    if kind.startswith("pipe"):
+        r, w = os.pipe()
+        fd3 = r
+        if "256 MiB" in kind:
+            writer = _feed(w, bytes(256 << 20))
+        else:
+            keep_open.append(w)
+    elif kind.startswith("socket"):
+        a, b = socket.socketpair()
+        fd3 = a.detach()
+        sender = b
+
+        def endless() -> None:
+            try:
+                while not stop.is_set():
+                    sender.sendall(bytes(1 << 16))
+            except OSError:
+                pass
+            finally:
+                sender.close()
+
+        writer = threading.Thread(target=endless, daemon=True)
+        writer.start()
+    elif kind.startswith("sparse"):
+        path = tmp / "sparse-fd3"
+        with open(path, "wb") as f:
+            f.truncate(8 << 30)
+        fd3 = os.open(path, os.O_RDONLY)
+    else:
+        fd3 = os.open("/dev/zero", os.O_RDONLY)
+    started = time.monotonic()
+    in_r, in_w = os.pipe()
+    proc = _popen(rh.ZSTD_ROUTE, stdin=in_r, stdout=subprocess.PIPE, fd3=fd3)
+    os.close(in_r)
+    os.close(fd3)
+    _feed(in_w, layers.zstd)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    result = _finish(proc, started, 20)
+    stop.set()
+    for fd in keep_open:
+        os.close(fd)
+    if writer is not None:
+        writer.join(10)
+        if writer.is_alive():
+            result.problem = "the fd 3 writer is still blocked after the processor exited"
+    if result.problem is None:
+        if result.exit_code != 0 or out != layers.image:
+            result.problem = f"exit {result.exit_code}: {result.stderr!r}"
+        elif result.seconds > 10:
+            result.problem = f"took {result.seconds:.1f} s"
+    return result
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory: pytest.TempPathFactory) -> Layers:
+    return make_layers(tmp_path_factory.mktemp("fault-layers"))
+
+
+def _ok(result: FaultResult) -> None:
+    assert result.problem is None, result
+
+
+def test_reader_closes_early(layers: Layers) -> None:
+    _ok(reader_closes_early(layers))
+
+
+def test_sigterm_mid_stream(layers: Layers, tmp_path: Path) -> None:
+    _ok(sigterm_mid_stream(layers, tmp_path / "sp.log"))
+
+
+def test_stdout_on_full_disk(layers: Layers) -> None:
+    _ok(stdout_on_full_disk(layers))
+
+
+@pytest.mark.parametrize("kind", STDIN_FAULTS)
+def test_stdin_unreadable(layers: Layers, kind: str, tmp_path: Path) -> None:
+    _ok(stdin_unreadable(layers, kind, tmp_path))
+
+
+def test_stdin_is_directory(tmp_path: Path) -> None:
+    _ok(stdin_is_directory(tmp_path))
+
+
+def test_stdout_not_open(layers: Layers) -> None:
+    _ok(stdout_not_open(layers))
+
+
+@pytest.mark.parametrize("kind", LOG_FAULTS)
+def test_log_unwritable(layers: Layers, kind: str, tmp_path: Path) -> None:
+    _ok(log_unwritable(layers, kind, tmp_path))
+
+
+@pytest.mark.parametrize("kind", FD3_KINDS)
+def test_fd3_hostile(layers: Layers, kind: str, tmp_path: Path) -> None:
+    _ok(fd3_hostile(layers, kind, tmp_path))
+
+
+ALL_FAULTS: dict[str, Callable[[Layers, Path], list[FaultResult]]] = {
+    "reader closes stdout early (exit 141, quiet, < 3 s)": lambda lay, tmp: [
+        reader_closes_early(lay)
+    ],
+    "SIGTERM mid-stream (exit 143 < 2 s, log record)": lambda lay, tmp: [
+        sigterm_mid_stream(lay, tmp / "term.log")
+    ],
+    "stdout on a full disk, /dev/full (exit 74, one line)": lambda lay, tmp: [
+        stdout_on_full_disk(lay)
+    ],
+    "stdin read error: write-only fd, TCP reset, closed (exit 74)": lambda lay, tmp: [
+        stdin_unreadable(lay, k, tmp) for k in STDIN_FAULTS
+    ],
+    "stdin is a directory (CPython refuses at start-up: exit 1)": lambda lay, tmp: [
+        stdin_is_directory(tmp)
+    ],
+    "stdout not open (exit 74)": lambda lay, tmp: [stdout_not_open(lay)],
+    "log file unwritable: dir missing, a directory, disk full (exit 0)": lambda lay, tmp: [
+        log_unwritable(lay, k, tmp) for k in LOG_FAULTS
+    ],
+    "fd 3: 256 MiB pipe, silent pipe, endless socket, 8 GiB file, /dev/zero": lambda lay, tmp: [
+        fd3_hostile(lay, k, tmp) for k in FD3_KINDS
+    ],
+}
