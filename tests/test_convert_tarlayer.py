@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.oci_builder import expected_layer, snapshot, tar_tree
 
 from stream_processor.convert.erofsbuild import build_from_directory, layer_uuid, set_build_time
 from stream_processor.convert.tarlayer import clean_name, extract_layer
 from stream_processor.errors import DataError
+from tests.oci_builder import expected_layer, snapshot, tar_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpacking layers keeps owners: root")
 
@@ -58,9 +58,9 @@ def rich_tree(root: Path) -> Path:
     return root
 
 
-def unpack(data: bytes, root: Path, **kwargs: int) -> None:
+def unpack(data: bytes, root: Path, max_bytes: int = 1 << 40) -> None:
     root.mkdir(exist_ok=True)
-    extract_layer(io.BytesIO(data), root, **kwargs)
+    extract_layer(io.BytesIO(data), root, max_bytes=max_bytes)
 
 
 def test_layer_unpacks_with_overlay_semantics(tmp_path: Path) -> None:

@@ -1,0 +1,432 @@
+"""``convert`` end to end: real OCI layouts in, EROFS-layer images out, checked for real.
+
+Each converted layer is decoded by this project's own decoder (``python -m
+stream_processor``), checked with ``fsck.erofs``, extracted with ``fsck.erofs
+--extract`` and compared with what the source layer means for overlayfs.
+Where the kernel allows, each layer is also mounted (exact metadata: setuid
+bits, xattrs, hard links) and the whole stack is mounted as an overlay and
+compared with the image's merged tree built by hand (``merge_layers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_tool, run_cli
+from tests.oci_builder import (
+    Image,
+    archive_layout,
+    build_layout,
+    expected_layer,
+    merge_layers,
+    snapshot,
+    tar_tree,
+)
+from tests.test_convert_tarlayer import rich_tree
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
+
+EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
+
+
+# ---------------------------------------------------------------- the image
+
+
+def layer_trees(base: Path) -> list[Path]:
+    """Three layers: a rich base, deletions + an opaque dir, then changes on top."""
+    l1 = rich_tree(base / "l1")
+    (l1 / "opt" / "app").mkdir(parents=True)
+    for name in ("old1", "old2"):
+        (l1 / "opt" / "app" / name).write_text(name)
+    (l1 / "etc" / "remove-me").write_text("bye\n")
+    l2 = base / "l2"
+    (l2 / "etc").mkdir(parents=True)
+    (l2 / "etc" / ".wh.remove-me").write_bytes(b"")
+    (l2 / "opt" / "app").mkdir(parents=True)
+    (l2 / "opt" / "app" / ".wh..wh..opq").write_bytes(b"")
+    (l2 / "opt" / "app" / "fresh").write_text("fresh\n")
+    (l2 / "usr" / "bin").mkdir(parents=True)
+    (l2 / "usr" / "bin" / "tool").write_text("replaced\n")
+    os.chmod(l2 / "usr" / "bin" / "tool", 0o755)
+    l3 = base / "l3"
+    (l3 / "data").mkdir(parents=True)
+    big = l3 / "data" / "big.bin"
+    big.write_bytes(hashlib.sha256(b"seed").digest() * 40_000)  # ~1.3 MB, spans chunks
+    os.link(big, l3 / "data" / "big-again.bin")
+    (l3 / "data" / "link").symlink_to("../usr/bin/tool")
+    for tree in (l2, l3):
+        for path in sorted(tree.rglob("*"), reverse=True):
+            os.utime(path, (1_650_000_000, 1_650_000_000), follow_symlinks=False)
+    return [l1, l2, l3]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return layer_trees(tmp_path_factory.mktemp("trees"))
+
+
+@pytest.fixture(scope="module")
+def tars(trees: list[Path]) -> list[bytes]:
+    return [tar_tree(t) for t in trees]
+
+
+@pytest.fixture(scope="module")
+def source(tars: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_layout(tmp_path_factory.mktemp("src") / "layout", [Image(tars, "gzip")])
+
+
+def convert(src: Path, dst: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    proc = run_cli(["convert", str(src), str(dst), *extra], timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def converted(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    dst = tmp_path_factory.mktemp("dst") / "out"
+    proc = convert(source, dst, "--json")
+    return dst, json.loads(proc.stdout)
+
+
+def read_json(layout: Path, digest: str) -> Any:
+    return json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+
+
+def manifests(layout: Path) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(index entry, manifest, config) for every image manifest, nested indexes included."""
+    out = []
+
+    def walk(index: dict[str, Any]) -> None:
+        for desc in index["manifests"]:
+            doc = read_json(layout, desc["digest"])
+            if "manifests" in doc:
+                walk(doc)
+            else:
+                out.append((desc, doc, read_json(layout, doc["config"]["digest"])))
+
+    walk(json.loads((layout / "index.json").read_bytes()))
+    return out
+
+
+def decode_layer(layout: Path, desc: dict[str, Any], out: Path) -> Path:
+    """Decode with this project's decoder, as containerd would run it."""
+    blob = (layout / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
+    proc = run_cli(["--media-type", desc["mediaType"]], stdin=blob)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out.write_bytes(proc.stdout)
+    return out
+
+
+def fsck_extract(image: Path, dest: Path) -> Path:
+    require_tool("fsck.erofs")
+    check = subprocess.run(["fsck.erofs", str(image)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    proc = subprocess.run(
+        ["fsck.erofs", f"--extract={dest}", str(image)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dest
+
+
+def loose(snap: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """What fsck.erofs 1.5 --extract can reproduce: no xattrs, no hard links, and it
+    chowns after chmod, which clears setuid/setgid on files. Mounting checks those."""
+    out = {}
+    for rel, (mode, uid, gid, mtime, content, _xattrs, _link) in snap.items():
+        keep = 0o7777 if stat.S_ISDIR(mode) else 0o1777
+        out[rel] = (stat.S_IFMT(mode) | (mode & keep), uid, gid, mtime, content)
+    return out
+
+
+@contextlib.contextmanager
+def mounted(image: Path, where: Path) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount EROFS here ({proc.stderr.strip()}); mount checks skipped")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_every_layer_decodes_checks_and_matches_its_source(
+    converted: tuple[Path, Any], trees: list[Path], tmp_path: Path
+) -> None:
+    dst, report = converted
+    [(entry, manifest, config)] = manifests(dst)
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [EROFS_ZSTD] * 3
+    for i, desc in enumerate(manifest["layers"]):
+        raw = decode_layer(dst, desc, tmp_path / f"l{i}.erofs")
+        assert (
+            "sha256:" + hashlib.sha256(raw.read_bytes()).hexdigest()
+            == (config["rootfs"]["diff_ids"][i])
+        )
+        got = fsck_extract(raw, tmp_path / f"x{i}")
+        want = expected_layer(trees[i], tmp_path / f"want{i}")
+        assert loose(snapshot(got)) == loose(snapshot(want))
+    assert entry["platform"]["os.features"] == ["erofs"]
+    assert len(report["layers"]) == 3
+
+
+def test_layers_mount_with_exact_metadata(
+    converted: tuple[Path, Any], trees: list[Path], tmp_path: Path
+) -> None:
+    dst, _ = converted
+    [(_, manifest, _)] = manifests(dst)
+    for i, desc in enumerate(manifest["layers"]):
+        raw = decode_layer(dst, desc, tmp_path / f"l{i}.erofs")
+        want = snapshot(expected_layer(trees[i], tmp_path / f"want{i}"))
+        with mounted(raw, tmp_path / f"m{i}") as mnt:
+            assert snapshot(mnt) == want
+    with mounted(tmp_path / "l0.erofs", tmp_path / "m0") as mnt:
+        assert stat.S_IMODE(os.lstat(mnt / "usr" / "bin" / "tool").st_mode) == 0o4755
+        assert os.getxattr(mnt / "etc" / "owned", "user.comment") == b"hello \xff binary"
+
+
+def test_overlay_stack_equals_the_images_merged_tree(
+    converted: tuple[Path, Any], trees: list[Path], tmp_path: Path
+) -> None:
+    dst, _ = converted
+    [(_, manifest, _)] = manifests(dst)
+    with contextlib.ExitStack() as stack:
+        lowers = []
+        for i, desc in enumerate(manifest["layers"]):
+            raw = decode_layer(dst, desc, tmp_path / f"l{i}.erofs")
+            lowers.append(stack.enter_context(mounted(raw, tmp_path / f"m{i}")))
+        merged = tmp_path / "merged"
+        merged.mkdir()
+        lowerdir = ":".join(str(p) for p in reversed(lowers))  # topmost first
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lowerdir}", str(merged)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount overlayfs here ({proc.stderr.strip()})")
+        stack.callback(subprocess.run, ["umount", str(merged)], check=False)
+        want = merge_layers(trees, tmp_path / "reference")
+        assert snapshot(merged, strict=False) == snapshot(want, strict=False)
+        assert not (merged / "etc" / "remove-me").exists()
+        assert sorted(p.name for p in (merged / "opt" / "app").iterdir()) == ["fresh"]
+        assert (merged / "usr" / "bin" / "tool").read_text() == "replaced\n"
+
+
+def test_converting_twice_gives_identical_digests(
+    converted: tuple[Path, Any], source: Path, tmp_path: Path
+) -> None:
+    first, _ = converted
+    second = tmp_path / "again"
+    convert(source, second, "--jobs", "1")
+    assert (first / "index.json").read_bytes() == (second / "index.json").read_bytes()
+    assert sorted(os.listdir(first / "blobs" / "sha256")) == sorted(
+        os.listdir(second / "blobs" / "sha256")
+    )
+
+
+def test_config_manifest_and_index_are_rewritten(
+    converted: tuple[Path, Any], source: Path, tars: list[bytes]
+) -> None:
+    dst, report = converted
+    [(entry, manifest, config)] = manifests(dst)
+    [(_, _, old_config)] = manifests(source)
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert config["config"] == old_config["config"] and config["history"] == old_config["history"]
+    for layer, row, tar in zip(manifest["layers"], report["layers"], tars, strict=True):
+        blob = dst / "blobs" / "sha256" / layer["digest"].split(":")[1]
+        assert layer["size"] == blob.stat().st_size == row["wrapped_size"]
+        assert layer["digest"] == "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+        assert "dev.containerd.erofs.zstd.chunk_table_offset" in layer["annotations"]
+        assert row["tar_size"] == len(tar) and row["erofs_size"] > 0 and row["seconds"] >= 0
+    assert entry["annotations"] == {"org.opencontainers.image.ref.name": "test:latest"}
+    assert json.loads((dst / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_other_compressions(source: Path, tmp_path: Path, compression: str) -> None:
+    dst = tmp_path / "out"
+    convert(source, dst, "--compression", compression)
+    [(_, manifest, config)] = manifests(dst)
+    suffix = "" if compression == "none" else "+gzip"
+    for i, desc in enumerate(manifest["layers"]):
+        assert desc["mediaType"] == "application/vnd.erofs.layer.v1" + suffix
+        assert "annotations" not in desc
+        raw = decode_layer(dst, desc, tmp_path / f"{i}.erofs")
+        assert (
+            "sha256:" + hashlib.sha256(raw.read_bytes()).hexdigest()
+            == (config["rootfs"]["diff_ids"][i])
+        )
+
+
+def test_archive_in_archive_out(source: Path, converted: tuple[Path, Any], tmp_path: Path) -> None:
+    archive = archive_layout(source, tmp_path / "src.tar")
+    out = tmp_path / "out.tar"
+    convert(archive, out, "--archive")
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(unpacked)], check=True)
+    first, _ = converted
+    assert (unpacked / "index.json").read_bytes() == (first / "index.json").read_bytes()
+    again = tmp_path / "again.tar"
+    convert(archive, again, "--archive")
+    assert out.read_bytes() == again.read_bytes()
+
+
+def test_multi_platform_all_or_picked(tars: list[bytes], tmp_path: Path) -> None:
+    src = build_layout(
+        tmp_path / "multi",
+        [
+            Image(tars[:2], "zstd", architecture="amd64"),
+            Image(tars[1:], "none", architecture="arm64", variant="v8"),
+            Image(tars[:1], "gzip", docker=True, architecture="ppc64le"),
+        ],
+    )
+    convert(src, tmp_path / "all")
+    found = manifests(tmp_path / "all")
+    assert [e["platform"]["architecture"] for e, _, _ in found] == ["amd64", "arm64", "ppc64le"]
+    assert all(m["layers"][0]["mediaType"] == EROFS_ZSTD for _, m, _ in found)
+    assert all(e["platform"]["os.features"] == ["erofs"] for e, _, _ in found)
+    # the layer shared by two platforms is converted once and gives one blob
+    assert found[0][1]["layers"][1]["digest"] == found[1][1]["layers"][0]["digest"]
+    convert(src, tmp_path / "picked", "--platform", "linux/arm64/v8", "--platform", "linux/ppc64le")
+    picked = manifests(tmp_path / "picked")
+    assert [e["platform"]["architecture"] for e, _, _ in picked] == ["arm64", "ppc64le"]
+    proc = run_cli(["convert", str(src), str(tmp_path / "none"), "--platform", "linux/s390x"])
+    assert proc.returncode == 2
+    assert b"no image manifest to convert for platform linux/s390x" in proc.stderr
+    assert b"linux/amd64" in proc.stderr and not (tmp_path / "none").exists()
+
+
+def test_erofs_layers_are_rewrapped_not_rebuilt(
+    converted: tuple[Path, Any], tars: list[bytes], tmp_path: Path
+) -> None:
+    first, _ = converted
+    [(_, manifest, config)] = manifests(first)
+    raws = [
+        decode_layer(first, d, tmp_path / f"{i}.erofs") for i, d in enumerate(manifest["layers"])
+    ]
+    import gzip
+
+    blobs = [
+        ("application/vnd.erofs.layer.v1", raws[0].read_bytes()),
+        ("application/vnd.erofs.layer.v1+gzip", gzip.compress(raws[1].read_bytes())),
+    ]
+    src = build_layout(tmp_path / "erofs-src", [Image(tars[:2], layer_blobs=blobs)])
+    # the source config's diff_ids are the tar digests; EROFS layers keep their own
+    out = tmp_path / "rewrapped"
+    proc = convert(src, out, "--json")
+    report = json.loads(proc.stdout)
+    assert [row["kind"] for row in report["layers"]] == ["rewrapped", "rewrapped"]
+    [(_, new_manifest, new_config)] = manifests(out)
+    assert new_config["rootfs"]["diff_ids"] == config["rootfs"]["diff_ids"][:2]
+    assert [d["digest"] for d in new_manifest["layers"]] == [
+        d["digest"] for d in manifest["layers"][:2]
+    ]
+
+
+def test_json_report_and_summary_line(converted: tuple[Path, Any], source: Path) -> None:
+    _, report = converted
+    assert set(report["layers"][0]) >= {"tar_size", "erofs_size", "wrapped_size", "seconds"}
+    assert report["compression"] == "zstd" and report["chunk_size"] == 4 << 20
+
+
+def test_summary_line_when_not_a_terminal(source: Path, tmp_path: Path) -> None:
+    proc = convert(source, tmp_path / "out")
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("erofs-stream-processor") is False
+    assert "converted 3 layer(s) in 1 manifest(s)" in lines[0] and proc.stdout == b""
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[bytes], code: int, text: str) -> None:
+    assert proc.returncode == code, proc.stderr.decode()
+    lines = proc.stderr.decode().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert text in lines[0], lines[0]
+    assert proc.stdout == b""
+
+
+def test_hostile_layer_fails_cleanly(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("../../escape")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    src = build_layout(tmp_path / "src", [Image([buf.getvalue()], "gzip")])
+    proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
+    _one_line_error(proc, 65, "'../../escape' climbs out of the layer")
+    assert not (tmp_path / "dst").exists() and not (tmp_path / "escape").exists()
+    assert sorted(os.listdir(tmp_path)) == ["src"]  # the staging area is gone too
+
+
+def test_corrupt_blob_is_named(source: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(source, src)
+    [(_, manifest, _)] = manifests(src)
+    blob = src / "blobs" / "sha256" / manifest["layers"][1]["digest"].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-12] ^= 0xFF  # inside the gzip trailer: decompresses, but the digest is wrong
+    blob.write_bytes(bytes(data))
+    proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
+    assert proc.returncode == 65, proc.stderr
+    assert manifest["layers"][1]["digest"].encode() in proc.stderr
+    assert not (tmp_path / "dst").exists()
+
+
+def test_diff_id_mismatch_is_refused(tars: list[bytes], tmp_path: Path) -> None:
+    blobs = [("application/vnd.oci.image.layer.v1.tar", tars[1])]
+    src = build_layout(tmp_path / "src", [Image(tars[:1], layer_blobs=blobs)])
+    proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
+    _one_line_error(proc, 65, "but the image config lists diff_id")
+
+
+@pytest.mark.parametrize(
+    ("setup", "code", "text"),
+    [
+        ("missing", 2, "no such OCI layout directory or archive"),
+        ("no-index", 65, "it has no index.json"),
+        ("bad-json", 65, "index.json is not valid JSON"),
+        ("dst-exists", 2, "already exists and is not an empty directory"),
+        ("unknown-layer", 2, "cannot convert a layer of media type"),
+    ],
+)
+def test_bad_sources(tmp_path: Path, tars: list[bytes], setup: str, code: int, text: str) -> None:
+    src = tmp_path / "src"
+    dst = tmp_path / "dst"
+    if setup != "missing":
+        blobs = [("application/vnd.in-toto+json", b"{}")] if setup == "unknown-layer" else None
+        build_layout(src, [Image(tars[:1], "gzip", layer_blobs=blobs)])
+    if setup == "no-index":
+        (src / "index.json").unlink()
+    if setup == "bad-json":
+        (src / "index.json").write_text("{nope")
+    if setup == "dst-exists":
+        dst.mkdir()
+        (dst / "something").write_text("keep me")
+    _one_line_error(run_cli(["convert", str(src), str(dst)]), code, text)
+    if setup == "dst-exists":
+        assert (dst / "something").read_text() == "keep me"
