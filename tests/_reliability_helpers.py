@@ -620,6 +620,33 @@ def violation(
     return f"exit 0 on an unsound EROFS image: {problem}"
 
 
+def table_frame(seed: Seed) -> bytes | None:
+    """The chunk-table skippable frame of a chunked seed, as it appears in its bytes."""
+    if seed.compression != "zstd":
+        return None
+    for f in zstd_frames(seed.data):
+        magic = seed.data[f.start + 8 : f.start + 12]
+        if f.kind == "skippable" and int.from_bytes(magic, "little") == CHUNK_TABLE_MAGIC:
+            return seed.data[f.start : f.end]
+    return None
+
+
+def table_violation(seeds: Sequence[Seed], data: bytes, ok: bool, output: bytes) -> str | None:
+    """With a seed's own chunk table still in the stream, success means its exact image.
+
+    The table pins every frame's offset and SHA-512, so spliced, dropped,
+    duplicated or altered frames must be refused, not decoded into a
+    different image.
+    """
+    if not ok:
+        return None
+    for seed in seeds:
+        table = table_frame(seed)
+        if table is not None and table in data and output != seed.expected:
+            return f"exit 0 with {seed.name}'s chunk table, but the output is not its image"
+    return None
+
+
 # ---------------------------------------------------------------- running decodes
 
 
@@ -638,7 +665,9 @@ class Outcome:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
 
-def decode_in_process(data: bytes, media_type: str | None, limit: int) -> tuple[bool, bytes, str]:
+def decode_in_process(
+    data: bytes, media_type: str | None, limit: int, threads: int = 1
+) -> tuple[bool, bytes, str]:
     """Run the product's ``decode`` on memfds (fast, for fuzzing): (ok, output, message).
 
     Only ``DataError`` counts as a clean rejection; anything else propagates
@@ -655,7 +684,8 @@ def decode_in_process(data: bytes, media_type: str | None, limit: int) -> tuple[
             view = view[os.write(in_fd, view) :]
         os.lseek(in_fd, 0, os.SEEK_SET)
         try:
-            decode(in_fd, out_fd, DecodeOptions(media_type, limit), DecodeResult(media_type))
+            options = DecodeOptions(media_type, limit, threads=threads)
+            decode(in_fd, out_fd, options, DecodeResult(media_type))
         except DataError as exc:
             return False, b"", exc.message
         size = os.lseek(out_fd, 0, os.SEEK_END)

@@ -86,14 +86,16 @@ def test_seed_image_passes_fsck(seeds: list[rh.Seed], tmp_path: Path) -> None:
     name=st.sampled_from(_SEED_NAMES),
     mutator=st.sampled_from(sorted(rh.MUTATORS)),
     rng_seed=st.integers(0, 2**32 - 1),
+    threads=st.sampled_from([1, 2]),
 )
 def test_mutated_layers_decode_right_or_fail_cleanly(
-    seeds: list[rh.Seed], name: str, mutator: str, rng_seed: int
+    seeds: list[rh.Seed], name: str, mutator: str, rng_seed: int, threads: int
 ) -> None:
     seed = _by_name(seeds, name)
     data = rh.MUTATORS[mutator](seed, random.Random(rng_seed))
-    ok, output, message = rh.decode_in_process(data, seed.media_type, LIMIT)
+    ok, output, message = rh.decode_in_process(data, seed.media_type, LIMIT, threads)
     assert rh.violation(seed.media_type, data, ok, output, message, limit=LIMIT) is None
+    assert rh.table_violation(seeds, data, ok, output) is None
 
 
 @settings(
@@ -109,9 +111,14 @@ def test_mutated_layers_decode_right_or_fail_cleanly(
         min_size=1,
         max_size=4,
     ),
+    threads=st.sampled_from([1, 2]),
 )
 def test_byte_edits_on_any_route(
-    seeds: list[rh.Seed], name: str, route: str | None, edits: list[tuple[int, int, str]]
+    seeds: list[rh.Seed],
+    name: str,
+    route: str | None,
+    edits: list[tuple[int, int, str]],
+    threads: int,
 ) -> None:
     """xor / insert / truncate / delete bytes anywhere, and send the result on any route."""
     data = bytearray(_by_name(seeds, name).data)
@@ -125,8 +132,9 @@ def test_byte_edits_on_any_route(
             del data[at:]
         elif op == "d":
             del data[at : at + 1 + value]
-    ok, output, message = rh.decode_in_process(bytes(data), route, LIMIT)
+    ok, output, message = rh.decode_in_process(bytes(data), route, LIMIT, threads)
     assert rh.violation(route, bytes(data), ok, output, message, limit=LIMIT) is None
+    assert rh.table_violation(seeds, bytes(data), ok, output) is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -2,12 +2,15 @@
 
 Run: ``python tests/fuzz/fuzz_decode.py [libFuzzer options] [CORPUS_DIR ...]``
 (``make fuzz`` runs it for 10 minutes; ``tests/test_fuzz_properties.py`` runs it
-briefly inside ``make test``). Each input is one route byte plus a layer
-(see ``seeds.py``); it is decoded in process, on memfds, by the product's
-``decode``. A finding is any exception other than ``DataError`` (a crash the
-CLI would report as "internal error", exit 70), or a success that breaks the
-oracle of ``_reliability_helpers.violation`` (output not what a strict
-independent decoder makes of the stream, or not a sound EROFS image/tar).
+briefly inside ``make test``). Each input is one route byte (which also picks
+one or two decoder threads) plus a layer (see ``seeds.py``); it is decoded in
+process, on memfds, by the product's ``decode``. A finding is any exception
+other than ``DataError`` (a crash the CLI would report as "internal error",
+exit 70), or a success that breaks the oracle of
+``_reliability_helpers.violation`` (output not what a strict independent
+decoder makes of the stream, or not a sound EROFS image/tar) or of
+``table_violation`` (a seed's chunk table still present, yet a different
+image out).
 
 Half of the mutations are libFuzzer's own byte-level ones; the other half
 apply the project's structural mutators (bit flips, truncation at framing
@@ -36,7 +39,7 @@ from tests.fuzz import seeds as corpus  # noqa: E402
 
 LIMIT = 64 << 20  # max output per input: a bomb is refused, not decoded
 SEEDS = corpus.load_seeds()
-UNMUTATED = {corpus.encode(s.media_type, s.data): s.expected for s in SEEDS}
+UNMUTATED = {corpus.encode(s.media_type, s.data, t): s.expected for s in SEEDS for t in (1, 2)}
 
 
 class Finding(AssertionError):
@@ -44,11 +47,11 @@ class Finding(AssertionError):
 
 
 def test_one_input(entry: bytes) -> None:
-    media_type, data = corpus.decode_entry(entry)
-    ok, output, message = rh.decode_in_process(data, media_type, LIMIT)
+    media_type, threads, data = corpus.decode_entry(entry)
+    ok, output, message = rh.decode_in_process(data, media_type, LIMIT, threads)
     problem = rh.violation(
         media_type, data, ok, output, message, limit=LIMIT, expected=UNMUTATED.get(entry)
-    )
+    ) or rh.table_violation(SEEDS, data, ok, output)
     if problem is not None:
         raise Finding(f"route {media_type}: {problem}")
 
@@ -60,7 +63,8 @@ def custom_mutator(entry: bytes, max_size: int, seed: int) -> bytes:
     base = rng.choice(SEEDS)
     mutate = rng.choice(list(rh.MUTATORS.values()))
     route = base.media_type if rng.random() < 0.9 else rng.choice(corpus.ROUTES)
-    return corpus.encode(route, mutate(base, rng))[:max_size]
+    threads = 2 if rng.random() < 0.5 else 1
+    return corpus.encode(route, mutate(base, rng), threads)[:max_size]
 
 
 def main(argv: list[str]) -> None:

@@ -1,8 +1,9 @@
 """The fuzzers' seed corpus: real ``mkfs.erofs`` images wrapped every supported way.
 
-A corpus entry is one byte naming the route (an index into ``ROUTES``)
-followed by the layer bytes, so one fuzz target covers every media-type
-route and libFuzzer can mutate the route too.
+A corpus entry is one byte naming the route (an index into ``ROUTES``,
+with ``THREADS_BIT`` asking for the two-thread decoder) followed by the
+layer bytes, so one fuzz target covers every media-type route and libFuzzer
+can mutate the route too.
 """
 
 from __future__ import annotations
@@ -35,15 +36,20 @@ def load_seeds(workdir: Path | None = None) -> list[rh.Seed]:
     return rh.build_seeds(rh.make_image(work), rh.make_tar(work))
 
 
-def encode(media_type: str | None, data: bytes) -> bytes:
-    return bytes([ROUTES.index(media_type)]) + data
+THREADS_BIT = 0x80  # set: decode with two threads (the parallel zstd frame decoder)
 
 
-def decode_entry(entry: bytes) -> tuple[str | None, bytes]:
-    """Split a corpus entry into (media type, layer bytes); any first byte is a route."""
+def encode(media_type: str | None, data: bytes, threads: int = 1) -> bytes:
+    flag = THREADS_BIT if threads > 1 else 0
+    return bytes([ROUTES.index(media_type) | flag]) + data
+
+
+def decode_entry(entry: bytes) -> tuple[str | None, int, bytes]:
+    """Split a corpus entry into (media type, threads, layer); any first byte is valid."""
     if not entry:
-        return None, b""
-    return ROUTES[entry[0] % len(ROUTES)], entry[1:]
+        return None, 1, b""
+    threads = 2 if entry[0] & THREADS_BIT else 1
+    return ROUTES[(entry[0] & ~THREADS_BIT) % len(ROUTES)], threads, entry[1:]
 
 
 def write_corpus(directory: Path, seeds: list[rh.Seed]) -> list[Path]:
@@ -51,7 +57,8 @@ def write_corpus(directory: Path, seeds: list[rh.Seed]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in seeds:
-        path = directory / f"seed-{seed.name}"
-        path.write_bytes(encode(seed.media_type, seed.data))
-        paths.append(path)
+        for threads in (1, 2):
+            path = directory / f"seed-{seed.name}-t{threads}"
+            path.write_bytes(encode(seed.media_type, seed.data, threads))
+            paths.append(path)
     return paths
