@@ -24,7 +24,6 @@ from tests.containerd_harness import (
     open_fds,
     run_processor,
     sha256_file,
-    zombies_of,
 )
 
 TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -171,10 +170,10 @@ def test_contract_no_stray_fds_children_or_zombies(layers: dict[str, Path]) -> N
     # mid-run the processor held stdio only (fd 3 drained and closed) and started no children
     assert set(obs.fds_mid_run) <= {"0", "1", "2"}, obs.fds_mid_run
     assert obs.children_mid_run == []
-    # afterwards: nothing leaked in the parent, the child is reaped
+    # afterwards: nothing leaked in the parent, and the child is reaped (not a zombie:
+    # its /proc entry is gone once wait4 collected it)
     assert open_fds() <= before | {str(fd) for fd in range(3)}
     assert not os.path.exists(f"/proc/{obs.pid}")
-    assert zombies_of(os.getpid()) == []
 
 
 def test_contract_log_file_records_success_at_info(layers: dict[str, Path], tmp_path: Path) -> None:
@@ -262,7 +261,6 @@ def test_contract_reader_closes_early_then_kill_leaves_no_zombie(
     assert obs.returncode in (-signal.SIGKILL, EXIT_SIGPIPE, -signal.SIGPIPE)
     assert b"Traceback" not in obs.stderr
     assert not os.path.exists(f"/proc/{obs.pid}")
-    assert zombies_of(os.getpid()) == []
 
 
 @pytest.mark.slow
