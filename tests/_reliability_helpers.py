@@ -631,15 +631,17 @@ def table_frame(seed: Seed) -> bytes | None:
     return None
 
 
-def table_violation(seeds: Sequence[Seed], data: bytes, ok: bool, output: bytes) -> str | None:
+def table_violation(
+    seeds: Sequence[Seed], data: bytes, ok: bool, output: bytes, media_type: str | None = None
+) -> str | None:
     """With a seed's own chunk table still in the stream, success means its exact image.
 
     The table pins every frame's offset and SHA-512, so spliced, dropped,
     duplicated or altered frames must be refused, not decoded into a
     different image.
     """
-    if not ok:
-        return None
+    if not ok or detect(data) != "zstd" or route_compression(media_type) not in (None, "zstd"):
+        return None  # raw or gzip data may carry the table's bytes as plain content
     for seed in seeds:
         table = table_frame(seed)
         if table is not None and table in data and output != seed.expected:

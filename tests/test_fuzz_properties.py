@@ -95,7 +95,7 @@ def test_mutated_layers_decode_right_or_fail_cleanly(
     data = rh.MUTATORS[mutator](seed, random.Random(rng_seed))
     ok, output, message = rh.decode_in_process(data, seed.media_type, LIMIT, threads)
     assert rh.violation(seed.media_type, data, ok, output, message, limit=LIMIT) is None
-    assert rh.table_violation(seeds, data, ok, output) is None
+    assert rh.table_violation(seeds, data, ok, output, seed.media_type) is None
 
 
 @settings(
@@ -134,7 +134,7 @@ def test_byte_edits_on_any_route(
             del data[at : at + 1 + value]
     ok, output, message = rh.decode_in_process(bytes(data), route, LIMIT, threads)
     assert rh.violation(route, bytes(data), ok, output, message, limit=LIMIT) is None
-    assert rh.table_violation(seeds, bytes(data), ok, output) is None
+    assert rh.table_violation(seeds, bytes(data), ok, output, route) is None
 
 
 @settings(max_examples=200, deadline=None)

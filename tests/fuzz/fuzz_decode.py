@@ -51,7 +51,7 @@ def test_one_input(entry: bytes) -> None:
     ok, output, message = rh.decode_in_process(data, media_type, LIMIT, threads)
     problem = rh.violation(
         media_type, data, ok, output, message, limit=LIMIT, expected=UNMUTATED.get(entry)
-    ) or rh.table_violation(SEEDS, data, ok, output)
+    ) or rh.table_violation(SEEDS, data, ok, output, media_type)
     if problem is not None:
         raise Finding(f"route {media_type}: {problem}")
 
