@@ -17,6 +17,11 @@ apply the project's structural mutators (bit flips, truncation at framing
 boundaries, spliced frames, forged skippable frames, chunk tables and
 superblocks) to a real seed, so the fuzzer reaches deep states quickly.
 Memory is bounded by ``-rss_limit_mb`` and each input by ``-timeout``.
+
+Without a corpus directory the seeds are written to
+``$EROFS_SP_FUZZ_WORK/corpus`` (default ``/tmp/erofs-sp-fuzz-UID``) and
+findings go to ``.../findings/``; a finding, once triaged and fixed, is
+copied into ``tests/regressions/`` and described in its ``manifest.json``.
 """
 
 from __future__ import annotations
@@ -68,7 +73,16 @@ def custom_mutator(entry: bytes, max_size: int, seed: int) -> bytes:
 
 
 def main(argv: list[str]) -> None:
+    """Fill in defaults: a seed corpus, findings kept outside the tree, bounded memory."""
     args = list(argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        work = corpus.default_workdir()
+        corpus.write_corpus(work / "corpus", SEEDS)
+        args.append(str(work / "corpus"))
+    if not any(a.startswith("-artifact_prefix=") for a in args):
+        findings = corpus.default_workdir() / "findings"
+        findings.mkdir(parents=True, exist_ok=True)
+        args.insert(1, f"-artifact_prefix={findings}/")
     if not any(a.startswith("-max_len=") for a in args):
         args.insert(1, f"-max_len={2 * max(len(s.data) for s in SEEDS) + 64}")
     if not any(a.startswith("-rss_limit_mb=") for a in args):
