@@ -75,12 +75,25 @@ def processor_argv(extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "stream_processor", *extra]
 
 
-def processor_env(media_type: str | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """containerd's environment plus ``env`` plus the media type, like ``cmd.Env``."""
-    base = {
-        k: v for k, v in os.environ.items() if k != ENV_MEDIA_TYPE and not k.startswith("EROFS_SP_")
-    }
-    base["PYTHONPATH"] = str(ROOT)
+def processor_env(
+    media_type: str | None,
+    env: Mapping[str, str] | None = None,
+    daemon_env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """containerd's environment plus ``env`` plus the media type, like ``cmd.Env``.
+
+    ``daemon_env`` stands for containerd's own environment; by default this
+    test process's, with PYTHONPATH pointing at the checkout.
+    """
+    if daemon_env is None:
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if k != ENV_MEDIA_TYPE and not k.startswith("EROFS_SP_")
+        }
+        base["PYTHONPATH"] = str(ROOT)
+    else:
+        base = dict(daemon_env)
     base.update(env or {})
     if media_type is not None:
         base[ENV_MEDIA_TYPE] = media_type
@@ -138,6 +151,7 @@ def run_processor(
     *,
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    daemon_env: Mapping[str, str] | None = None,
     payload: bytes | Payload = Payload.ABSENT,
     close_after: int | None = None,
     kill_on_close: bool = True,
@@ -174,8 +188,8 @@ def run_processor(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=processor_env(media_type, env),
-        cwd=ROOT,
+        env=processor_env(media_type, env, daemon_env),
+        cwd="/",  # where systemd starts containerd; imports must not rely on the cwd
         close_fds=preexec is None,
         preexec_fn=preexec,
     )

@@ -13,11 +13,13 @@ import json
 import os
 import signal
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_tree, mkfs_erofs, require_tool
+from stream_processor.containerd_config import PROCESSOR_ID
+from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
 from tests.containerd_harness import (
     Observation,
     Payload,
@@ -185,6 +187,28 @@ def test_contract_log_file_records_success_at_info(layers: dict[str, Path], tmp_
     assert record["event"] == "decoded"
     assert record["media_type"] == TAR_ZSTD
     assert record["bytes_out"] == layers["image"].stat().st_size
+
+
+def test_contract_command_line_from_config_snippet_runs_under_a_bare_environment(
+    layers: dict[str, Path], tmp_path: Path
+) -> None:
+    """What `config` registers (path, args, env) works with only systemd's short PATH around it."""
+    result = run_cli(
+        ["config", "--containerd-version", "1.6", "--log-file", str(tmp_path / "sp.log")],
+        env={"PATH": "/usr/bin:/bin"},  # no console script: the -m stream_processor fallback
+    )
+    assert result.returncode == 0, result.stderr
+    entry = tomllib.loads(result.stdout.decode())["stream_processors"][PROCESSOR_ID]
+    assert os.path.isabs(entry["path"])
+    env = dict(item.split("=", 1) for item in entry["env"])
+    obs = run_processor(
+        layers["zstd"],
+        TAR_ZSTD,
+        argv=[entry["path"], *entry["args"]],
+        env=env,
+        daemon_env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
+    _assert_clean_success(obs, layers["image"])
 
 
 # ------------------------------------------------------------------ failures
