@@ -2,7 +2,7 @@
 
 A seekable layer (and any stream cut into frames) holds frames that do not
 depend on each other. The main thread walks the framing exactly as the
-streaming decoder does (``zstd_codec.frame_blocks``: header, 3-byte block
+streaming decoder does (``zstd_codec.read_whole_frame``: header, 3-byte block
 headers, checksum) to cut each frame out of the input without decoding it,
 and hands whole frames to a pool; libzstd releases the GIL, so frames decode
 on all cores while the main thread reads ahead and writes results in order.
@@ -44,9 +44,9 @@ from stream_processor.zstd_codec import (
     FrameObserver,
     ZstdStats,
     decode_frame,
-    frame_blocks,
     read_frame_header,
     read_skippable,
+    read_whole_frame,
 )
 
 MAX_PARALLEL_FRAME = 64 << 20  # frames declaring more content are streamed instead
@@ -187,15 +187,7 @@ class ParallelDecoder:
     def _collect(self, header: FrameHeader) -> _Job:
         """Consume one frame whole; tell the observer it started."""
         assert header.content_size is not None
-        limit = compressed_bound(header.content_size)
-        data = bytearray()
-        for piece in frame_blocks(self.src, header):
-            data += piece
-            if len(data) > limit:
-                raise DataError(
-                    f"zstd: frame at offset {header.offset} is far larger than the "
-                    f"{header.content_size} bytes it declares"
-                )
+        data = read_whole_frame(self.src, header, compressed_bound(header.content_size))
         algorithm = None
         if self.observer is not None:
             self.observer.frame_start(self.index, header.offset, header.content_size)

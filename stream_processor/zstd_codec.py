@@ -242,6 +242,50 @@ def frame_blocks(src: Source, header: FrameHeader) -> Iterator[memoryview]:
         yield checksum
 
 
+def read_whole_frame(src: Source, header: FrameHeader, limit: int) -> bytearray:
+    """Consume the frame at the current position and return its bytes (at most ``limit``).
+
+    The same walk as ``frame_blocks``, but scanning every block header that
+    is already buffered in one tight loop and copying runs of whole blocks at
+    once: about ten times less Python work per block, which matters when the
+    main thread only cuts frames for worker threads.
+    """
+    offset = header.offset
+    data = bytearray(src.take(header.header_size))
+    window = src.capacity // 2  # > BLOCK_MAX + 3: a whole block always fits
+    done = False
+    while not done:
+        view = src.peek(window)
+        n = len(view)
+        pos = 0
+        while pos + 3 <= n:
+            value = view[pos] | (view[pos + 1] << 8) | (view[pos + 2] << 16)
+            block_type, block_size = (value >> 1) & 3, value >> 3
+            if block_type == 3 or block_size > BLOCK_MAX:
+                raise DataError(f"zstd: corrupt block header at offset {src.position + pos}")
+            end = pos + 3 + (1 if block_type == 1 else block_size)
+            if end > n:
+                break
+            pos = end
+            if value & 1:
+                done = True
+                break
+        if pos == 0:
+            raise DataError(f"zstd: frame at offset {offset} is truncated (input ends mid-frame)")
+        data += src.take(pos)
+        if len(data) > limit:
+            raise DataError(
+                f"zstd: frame at offset {offset} is far larger than the "
+                f"{header.content_size} bytes it declares"
+            )
+    if header.has_checksum:
+        checksum = src.take(4)
+        if len(checksum) < 4:
+            raise DataError(f"zstd: frame at offset {offset} is truncated (checksum missing)")
+        data += checksum
+    return data
+
+
 def decode_frame(
     src: Source,
     dctx: zstandard.ZstdDecompressor,
