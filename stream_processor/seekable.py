@@ -39,7 +39,7 @@ HASH_SHA512 = 1
 HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
 HASH_NAMES = {HASH_NONE: "none", HASH_SHA512: "sha512"}
 MIN_CHUNK_SIZE = 4096
-MAX_CHUNK_SIZE = 256 << 20  # a chunk is decoded whole on the parallel path: keep it bounded
+MAX_CHUNK_SIZE = 64 << 20  # = parallel_zstd.MAX_PARALLEL_FRAME: a chunk is decoded whole, in memory
 MAX_TRACKED_FRAMES = 1 << 20  # more frames than any table that fits the payload limit holds
 
 ANNOTATION_TABLE_OFFSET = "dev.containerd.erofs.zstd.chunk_table_offset"

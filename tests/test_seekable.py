@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream_processor import seekable
 from stream_processor.decode import DecodeOptions, DecodeResult, decode
@@ -454,3 +456,39 @@ def test_cli_rejects_a_bad_table_with_one_line_and_no_full_image(
         assert len(proc.stdout) < len(erofs_bytes)
     ok = run_cli(["--threads", "2"], packed[0])
     assert ok.returncode == 0 and ok.stdout == erofs_bytes
+
+
+# -- properties: nothing but DataError, never a wrong image --------------------------
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=st.binary(max_size=400), count=st.integers(0, 6), algo=st.integers(0, 2))
+def test_any_table_payload_parses_or_is_refused(payload: bytes, count: int, algo: int) -> None:
+    header = seekable.HEADER.pack(seekable.TABLE_MAGIC, 1, count * 5000, 4096, algo, 0)
+    for data in (payload, header + payload, seekable.TABLE_MAGIC_BYTES + payload):
+        try:
+            table = seekable.parse_table(data)
+        except DataError:
+            continue
+        assert sum(c.uncompressed_size for c in table.chunks) == table.uncompressed_size
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_mutation_is_refused_or_harmless(
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, data: st.DataObject
+) -> None:
+    blob = bytearray(packed[0])
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] ^= data.draw(st.integers(1, 255))
+    threads = data.draw(st.sampled_from([1, 2]))
+    out, _, error = decode_lib(bytes(blob), threads)
+    if error is None:
+        assert out == erofs_bytes
+    else:
+        assert len(out) < len(erofs_bytes)
