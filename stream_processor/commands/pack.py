@@ -25,8 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="raw EROFS image, or a directory to build one from")
     parser.add_argument("-o", "--output", required=True, help="the blob to write ('-' = stdout)")
     parser.add_argument("--compression", choices=[c.value for c in Compression], default="zstd")
-    parser.add_argument("--level", type=int, help="compression level (zstd default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="compression threads (default 1)")
+    parser.add_argument(
+        "--level",
+        type=int,
+        help="compression level (zstd: default 3; gzip: 0-3 ISA-L, default 2, 4-9 zlib)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="compression threads (default 1: plain zstd and gzip bytes depend on it; "
+        "the chunked layout does not)",
+    )
     parser.add_argument(
         "--chunk-size",
         type=parse_size,
