@@ -163,7 +163,29 @@ def hostile_size_rows(seeds: list[rh.Seed]) -> list[Row]:
             failures,
         )
     )
+    rows.append(threads_memory_row(seeds))
     return rows
+
+
+def threads_memory_row(seeds: list[rh.Seed]) -> Row:
+    """The open parallel-decoder finding, measured rather than assumed."""
+    from tests import test_fuzz_properties as tfp
+
+    started = time.monotonic()
+    try:
+        tfp.test_big_frames_on_many_threads_stay_within_memory(seeds)
+        failures, outcome = 0, "decoded or refused within 1 GiB"
+    except AssertionError as exc:
+        failures = 1
+        first = str(exc).splitlines()[0] if str(exc) else "assertion failed"
+        outcome = f"open finding (parallel_zstd, issue 4): {first[:120]}"
+    return Row(
+        "hostile sizes",
+        "140 KiB layer of ten 64 MiB zstd frames, --threads 8, 1 GiB RLIMIT_AS",
+        1,
+        f"{outcome}; {_fmt_s(time.monotonic() - started)}",
+        failures,
+    )
 
 
 def regression_row() -> Row:

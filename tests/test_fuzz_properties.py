@@ -229,7 +229,9 @@ def test_big_frames_on_many_threads_stay_within_memory(seeds: list[rh.Seed]) -> 
     first = cctx.compress(image + bytes((64 << 20) - len(image)))
     data = first + cctx.compress(bytes(64 << 20)) * 9
     outcome = rh.run_processor(data, rh.ZSTD_ROUTE, "--threads", "8", as_limit=1 << 30)
-    assert "MemoryError" not in outcome.stderr
+    assert "MemoryError" not in outcome.stderr, (
+        f"exit {outcome.exit_code}: {outcome.stderr.strip()}"
+    )
     assert outcome.exit_code in (rh.EXIT_OK, rh.EXIT_DATA), outcome.stderr
     if outcome.exit_code == rh.EXIT_OK:
         assert len(outcome.stdout) == 10 * (64 << 20)
