@@ -27,8 +27,8 @@ import hashlib
 import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -48,6 +48,9 @@ from stream_processor.zstd_codec import (
     read_skippable,
     read_whole_frame,
 )
+
+if TYPE_CHECKING:  # concurrent.futures costs ~6 ms to import: only when a pool starts
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 MAX_PARALLEL_FRAME = 64 << 20  # frames declaring more content are streamed instead
 
@@ -206,6 +209,8 @@ class ParallelDecoder:
         if self.pool is None:
             if len(self.pending) < 2:
                 return  # maybe the only frame: decode it here unless another one follows
+            from concurrent.futures import ThreadPoolExecutor
+
             self.pool = ThreadPoolExecutor(self.threads, "zstd")
         for waiting in self.pending:
             if waiting.future is None:
