@@ -279,6 +279,24 @@ def boundaries(data: bytes) -> list[int]:
     return sorted(p for p in points if 0 <= p < len(data))
 
 
+def degenerate_layers(image: bytes, count: int) -> dict[str, tuple[str, bytes]]:
+    """Valid but pathological framing: ``count`` empty frames/members/skippable frames.
+
+    Legal per the zstd and gzip formats, and costly per input byte: the
+    decoder must stay correct and its time linear in the count.
+    """
+    empty = zstandard.ZstdCompressor(write_checksum=True, write_content_size=True).compress(b"")
+    return {
+        "empty zstd frames after the image": (ZSTD_ROUTE, zstd_frame(image) + empty * count),
+        "empty zstd frames before the image": (ZSTD_ROUTE, empty * count + zstd_frame(image)),
+        "empty skippable frames": (
+            ZSTD_ROUTE,
+            zstd_frame(image) + struct.pack("<II", 0x184D2A51, 0) * count,
+        ),
+        "empty gzip members": (GZIP_ROUTE, gzip_member(image) + gzip_member(b"") * count),
+    }
+
+
 # ---------------------------------------------------------------------- mutators
 
 

@@ -164,7 +164,29 @@ def hostile_size_rows(seeds: list[rh.Seed]) -> list[Row]:
         )
     )
     rows.append(threads_memory_row(seeds))
+    rows.append(degenerate_row(seeds))
     return rows
+
+
+def degenerate_row(seeds: list[rh.Seed], count: int = 100_000) -> Row:
+    """Legal but pathological framing: correctness, and the cost per frame."""
+    image = next(s for s in seeds if s.name == "raw").data
+    failures, rates = 0, []
+    layers = rh.degenerate_layers(image, count)
+    for _name, (route, data) in layers.items():
+        for threads in ("1", "2"):
+            out = rh.run_processor(data, route, "--threads", threads, timeout=300)
+            failures += out.exit_code != 0 or out.stdout != image
+            rates.append(count / out.seconds)
+    return Row(
+        "hostile sizes",
+        f"{count} empty zstd frames (after/before the image), skippable frames, gzip members; "
+        "1 and 2 threads",
+        len(layers) * 2,
+        f"exit 0 with the exact image; time linear, {min(rates) / 1000:.0f}k-"
+        f"{max(rates) / 1000:.0f}k frames/s (a 100 MB layer of empty frames costs minutes)",
+        failures,
+    )
 
 
 def threads_memory_row(seeds: list[rh.Seed]) -> Row:

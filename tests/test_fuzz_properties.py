@@ -213,6 +213,18 @@ def test_huge_window_frame_is_refused(seeds: list[rh.Seed]) -> None:
     assert len(outcome.stderr_lines) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_degenerate_framing_is_correct_and_linear(seeds: list[rh.Seed], threads: str) -> None:
+    """20 000 empty frames / members / skippable frames: right output, bounded time."""
+    image = _by_name(seeds, "raw").data
+    for name, (route, data) in rh.degenerate_layers(image, 20_000).items():
+        outcome = rh.run_processor(data, route, "--threads", threads)
+        assert outcome.exit_code == 0, (name, outcome.stderr)
+        assert outcome.stdout == image, name
+        assert outcome.seconds < 10, (name, outcome.seconds)
+
+
 @pytest.mark.xfail(
     reason="open finding for parallel_zstd (issue 4): (threads + 1) x 64 MiB frames are held "
     "at once, so --threads 8 on a 140 KiB layer exceeds 1 GiB (MemoryError, exit 70)",
