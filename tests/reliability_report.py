@@ -122,6 +122,30 @@ def mutation_rows(seeds: list[rh.Seed], cli_per_class: int, inproc_per_class: in
     return rows
 
 
+def every_cut_row(seeds: list[rh.Seed]) -> Row:
+    """Truncation at every framing boundary (and +-1) of every seed, 1 and 2 threads."""
+    from tests import test_fuzz_properties as tfp
+
+    counts: Counter[str] = Counter()
+    failures = 0
+    for seed in seeds:
+        for cut in tfp._truncations(seed):
+            data = seed.data[:cut]
+            for threads in (1, 2):
+                ok, out, msg = rh.decode_in_process(data, seed.media_type, 64 << 20, threads)
+                bad = rh.violation(seed.media_type, data, ok, out, msg, limit=64 << 20)
+                failures += bad is not None or (ok and out != seed.expected)
+                counts["exact image" if ok else "refused"] += 1
+    return Row(
+        "hostile input",
+        "truncation at every frame/member/block/checksum/table boundary and +-1 byte, every seed",
+        sum(counts.values()),
+        f"{counts['refused']} refused (DataError); {counts['exact image']} accepted with "
+        "output = the exact image (the cut removed only the trailing chunk-table frame)",
+        failures,
+    )
+
+
 def hostile_size_rows(seeds: list[rh.Seed]) -> list[Row]:
     from tests import test_fuzz_properties as tfp
     from tests import test_large_image as tli
@@ -400,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = rh.build_seeds(rh.make_image(work / "seeds"), rh.make_tar(work / "seeds"))
         rows = [seeds_row(seeds)]
         rows += mutation_rows(seeds, 10 if args.quick else 40, 100 if args.quick else 500)
+        rows.append(every_cut_row(seeds))
         rows += hostile_size_rows(seeds)
         rows.append(regression_row())
         rows += fault_rows(work)

@@ -76,6 +76,45 @@ def test_seed_image_passes_fsck(seeds: list[rh.Seed], tmp_path: Path) -> None:
     subprocess.run(["fsck.erofs", str(image)], check=True, capture_output=True)
 
 
+def _truncations(seed: rh.Seed) -> list[int]:
+    """Every framing boundary of ``seed`` and the bytes either side of it."""
+    cuts = {c + d for c in rh.boundaries(seed.data) for d in (-1, 0, 1)}
+    return sorted(c for c in cuts if 0 <= c < len(seed.data))
+
+
+@pytest.mark.parametrize("name", _SEED_NAMES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_truncation_at_every_framing_boundary(
+    seeds: list[rh.Seed], name: str, threads: int
+) -> None:
+    """Cut at each frame/member/block/checksum/table boundary (and +-1): refused, or
+    (only when just trailing metadata such as the chunk table went) the exact image."""
+    seed = _by_name(seeds, name)
+    for cut in _truncations(seed):
+        data = seed.data[:cut]
+        ok, output, message = rh.decode_in_process(data, seed.media_type, LIMIT, threads)
+        assert rh.violation(seed.media_type, data, ok, output, message, limit=LIMIT) is None
+        assert not ok or output == seed.expected, (cut, len(output))
+
+
+@pytest.mark.slow
+def test_cli_truncations_of_a_chunked_layer(seeds: list[rh.Seed]) -> None:
+    """The same cuts through the real CLI: exit 65 + one line, and no complete image on stdout."""
+    seed = _by_name(seeds, "zstd-chunked")
+
+    def judge(cut: int) -> str | None:
+        data = seed.data[:cut]
+        outcome = rh.run_processor(data, seed.media_type)
+        if outcome.exit_code == 0:
+            return None if outcome.stdout == seed.expected else f"cut {cut}: wrong output"
+        problem = rh.cli_violation(outcome, seed.media_type, data, None)
+        return None if problem is None else f"cut {cut}: {problem}"
+
+    with ThreadPoolExecutor(2) as pool:
+        problems = [p for p in pool.map(judge, _truncations(seed)) if p]
+    assert not problems, problems[:5]
+
+
 # In process: hundreds of mutated layers per run, shrunk on failure.
 @pytest.mark.slow
 @settings(
