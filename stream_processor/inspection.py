@@ -95,7 +95,7 @@ def _table_dict(table: ChunkTable, offset: int | None, recorder: _Recorder) -> d
         "offset": offset,
         "uncompressed_size": table.uncompressed_size,
         "chunk_size": table.chunk_size,
-        "chunks": len(table.chunks),
+        "chunks": table.count,
         "hash": table.hash_name,
         "digest": table.digest(),
         "verified": recorder.verified,
@@ -182,7 +182,7 @@ def inspect_fd(fd: int, threads: int = 1, max_window_size: int = DEFAULT_MAX_WIN
             "compressed_size": f.end_offset - f.offset if f.end_offset >= 0 else -1,
             "decompressed_size": f.decompressed_size,
         }
-        for f in recorder.frames
+        for f in recorder.frames()
     ]
     result.skippable = [{"offset": o, "size": s, "content": w} for o, s, w in recorder.skipped]
     if recorder.table is not None:

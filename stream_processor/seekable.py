@@ -14,18 +14,19 @@ Every table layout is parsed into the same ``ChunkTable`` (a list of
 draft erofs-image-spec index) is added by writing a parser for its payload
 and registering it in ``LAYOUTS`` under its magic; nothing else changes.
 
-Nothing here trusts a length from the blob before bounding it: the payload
-is at most ``zstd_codec.SKIPPABLE_PAYLOAD_LIMIT`` (the decoder refuses more),
-the entry count must match both the payload length and the header's sizes,
-and the number of frames tracked is capped.
+Nothing here trusts a length from the blob before bounding it: a table
+payload is read only up to ``TABLE_PAYLOAD_LIMIT``, the entry count must
+match both the payload length and the header's sizes, entries are kept in
+flat arrays, and the number of frames tracked is capped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from stream_processor.errors import DataError
 
@@ -40,7 +41,8 @@ HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
 HASH_NAMES = {HASH_NONE: "none", HASH_SHA512: "sha512"}
 MIN_CHUNK_SIZE = 4096
 MAX_CHUNK_SIZE = 64 << 20  # = parallel_zstd.MAX_PARALLEL_FRAME: a chunk is decoded whole, in memory
-MAX_TRACKED_FRAMES = 1 << 20  # more frames than any table that fits the payload limit holds
+MAX_TRACKED_FRAMES = 1 << 19  # 2 TiB in 4 MiB chunks; 16 MiB of bookkeeping at most
+TABLE_PAYLOAD_LIMIT = 16 << 20  # 233,000 chunks with SHA-512: ~900 GiB in 4 MiB chunks
 
 ANNOTATION_TABLE_OFFSET = "dev.containerd.erofs.zstd.chunk_table_offset"
 ANNOTATION_TABLE_DIGEST = "dev.containerd.erofs.zstd.chunk_digest"
@@ -61,21 +63,64 @@ class Chunk:
     digest: bytes | None  # hash of the whole compressed frame, if the table has one
 
 
-@dataclass(frozen=True)
 class ChunkTable:
-    """A parsed chunk table, in the layout-independent form the verifier checks."""
+    """A parsed chunk table, in the layout-independent form the verifier checks.
 
-    layout: str
-    version: int
-    uncompressed_size: int
-    chunk_size: int
-    hash_algo: int
-    chunks: tuple[Chunk, ...]
-    raw: bytes = field(repr=False)  # the payload: header + entries, as stored
+    Entries live in flat arrays (24 bytes a chunk plus the digests), not in
+    one object per chunk: a table is untrusted input and may list ~10^5
+    chunks. ``chunks`` / ``chunk(i)`` give ``Chunk`` views on demand.
+    """
+
+    def __init__(
+        self,
+        *,
+        layout: str,
+        version: int,
+        uncompressed_size: int,
+        chunk_size: int,
+        hash_algo: int,
+        compressed_offsets: array[int],
+        uncompressed_offsets: array[int],
+        uncompressed_sizes: array[int],
+        digests: bytes,
+        raw: bytes,
+    ) -> None:
+        self.layout = layout
+        self.version = version
+        self.uncompressed_size = uncompressed_size
+        self.chunk_size = chunk_size
+        self.hash_algo = hash_algo
+        self.compressed_offsets = compressed_offsets
+        self.uncompressed_offsets = uncompressed_offsets
+        self.uncompressed_sizes = uncompressed_sizes
+        self.digests = digests  # digest_size bytes per chunk, concatenated; b"" without hashes
+        self.raw = raw  # the payload: header + entries, as stored
+
+    @property
+    def count(self) -> int:
+        return len(self.compressed_offsets)
+
+    @property
+    def digest_size(self) -> int:
+        return HASH_SIZES.get(self.hash_algo, 0)
 
     @property
     def hash_name(self) -> str:
         return HASH_NAMES.get(self.hash_algo, str(self.hash_algo))
+
+    def chunk(self, i: int) -> Chunk:
+        size = self.digest_size
+        return Chunk(
+            i,
+            self.compressed_offsets[i],
+            self.uncompressed_offsets[i],
+            self.uncompressed_sizes[i],
+            self.digests[i * size : (i + 1) * size] if size else None,
+        )
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        return [self.chunk(i) for i in range(self.count)]
 
     def digest(self) -> str:
         """``sha256:<hex>`` over header + entries: the ``chunk_digest`` annotation."""
@@ -141,20 +186,34 @@ def parse_v1(payload: bytes) -> ChunkTable:
             f"chunk table: holds {body / entry_size:g} entries, but {size} bytes in "
             f"{chunk_size}-byte chunks need {count}"
         )
-    chunks = []
     hash_size = HASH_SIZES[algo]
+    offsets = array("Q")
+    digests = bytearray()
     at = HEADER.size
     previous = -1
     for i in range(count):
         offset = int.from_bytes(payload[at : at + 8], "little")
-        digest = payload[at + 8 : at + 8 + hash_size] if hash_size else None
         if offset <= previous:
             raise DataError(f"chunk table: chunk {i} offset {offset} does not increase")
         previous = offset
-        start = i * chunk_size
-        chunks.append(Chunk(i, offset, start, min(chunk_size, size - start), digest))
+        offsets.append(offset)
+        digests += payload[at + 8 : at + 8 + hash_size]
         at += entry_size
-    return ChunkTable("containerd-v1", version, size, chunk_size, algo, tuple(chunks), payload)
+    starts = array("Q", range(0, size, chunk_size))
+    sizes = array("Q", [chunk_size] * count)
+    sizes[-1] = size - starts[-1]
+    return ChunkTable(
+        layout="containerd-v1",
+        version=version,
+        uncompressed_size=size,
+        chunk_size=chunk_size,
+        hash_algo=algo,
+        compressed_offsets=offsets,
+        uncompressed_offsets=starts,
+        uncompressed_sizes=sizes,
+        digests=bytes(digests),
+        raw=payload,
+    )
 
 
 # Payload magic -> parser. The draft erofs-image-spec index would be a second entry.
@@ -182,30 +241,40 @@ def describe_skippable(magic: int, head: bytes) -> str:
     return f"unknown (magic 0x{magic:08x})"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeenFrame:
-    """A zstd frame as the decoder met it."""
+    """A zstd frame as the decoder met it (``-1``: not known yet)."""
 
     offset: int
-    end_offset: int = -1
-    decompressed_size: int = -1
-    digest: bytes | None = None
+    end_offset: int
+    decompressed_size: int
+    hashed: bool
 
 
 class ChunkTableVerifier:
     """A ``zstd_codec.FrameObserver`` that checks the stream against its chunk table.
 
     The table normally follows the frames it describes, so the verifier
-    records each frame's offset, decompressed size and SHA-512 as they stream
-    by (SHA-512 only for frames small enough to be chunks, so plain
-    single-frame layers do not pay for hashing), and compares everything in
-    ``finish``. ``finish`` runs before the decoder's generator ends, hence
-    before the sink releases the held-back tail: a mismatch always leaves
-    stdout short of a complete image.
+    records each frame's offset, end, decompressed size and SHA-512 as they
+    stream by (SHA-512 only for frames that declare a chunk-sized content,
+    so plain single-frame layers do not pay for hashing), and compares
+    everything in ``finish``. ``finish`` runs before the decoder's generator
+    ends, hence before the sink releases the held-back tail: a mismatch
+    always leaves stdout short of a complete image.
+
+    Memory is a few flat arrays: per frame 32 bytes plus one flag. Full
+    digests are not kept; they are chained into one SHA-256 (compared with
+    the same over the table's digests), and an 8-byte fingerprint of each is
+    kept to name the chunk that differs.
     """
 
     def __init__(self, notes: list[str] | None = None) -> None:
-        self.frames: list[SeenFrame] = []
+        self.offsets = array("Q")
+        self.ends = array("q")
+        self.sizes = array("q")
+        self.fingerprints = array("Q")
+        self.hashed = bytearray()
+        self._chain = hashlib.sha256()
         self.overflow = False
         self.table: ChunkTable | None = None
         self.table_offset: int | None = None
@@ -213,6 +282,17 @@ class ChunkTableVerifier:
         self.notes = notes if notes is not None else []
         self.verified = False
         self._what = "unknown"
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.offsets)
+
+    def frames(self) -> list[SeenFrame]:
+        """The frames seen so far, as objects (for reports; not used by the checks)."""
+        return [
+            SeenFrame(self.offsets[i], self.ends[i], self.sizes[i], bool(self.hashed[i]))
+            for i in range(self.frame_count)
+        ]
 
     # -- FrameObserver -------------------------------------------------------------
     def digest_algorithm(self, content_size: int | None) -> str | None:
@@ -224,21 +304,33 @@ class ChunkTableVerifier:
         if index >= MAX_TRACKED_FRAMES:
             self.overflow = True
             return
-        self.frames.append(SeenFrame(offset))
+        self.offsets.append(offset)
+        self.ends.append(-1)
+        self.sizes.append(-1)
+        self.fingerprints.append(0)
+        self.hashed.append(0)
 
     def frame_digest(self, index: int, digest: bytes) -> None:
-        if index < len(self.frames):
-            self.frames[index].digest = digest
+        if index < self.frame_count:
+            self._chain.update(digest)
+            self.fingerprints[index] = _fingerprint(digest)
+            self.hashed[index] = 1
 
     def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None:
-        if index < len(self.frames):
-            frame = self.frames[index]
-            frame.end_offset = end_offset
-            frame.decompressed_size = decompressed_size
+        if index < self.frame_count:
+            self.ends[index] = end_offset
+            self.sizes[index] = decompressed_size
 
     def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
         self._what = describe_skippable(magic, head)
-        return is_table_payload(head)
+        if not is_table_payload(head):
+            return False
+        if size > TABLE_PAYLOAD_LIMIT:
+            raise DataError(
+                f"chunk table: the table at offset {offset} declares {size} bytes, more than "
+                f"the {TABLE_PAYLOAD_LIMIT} any real layer needs"
+            )
+        return True
 
     def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
         if payload is None:
@@ -254,46 +346,72 @@ class ChunkTableVerifier:
         self.table_offset = offset
 
     def finish(self, total_out: int, end_offset: int) -> None:
-        table = self.table
-        if table is None:
+        if self.table is None:
             return
-        verify(table, self.frames, self.overflow, total_out)
+        self._verify(self.table, total_out)
         self.verified = True
 
+    def _verify(self, table: ChunkTable, total_out: int) -> None:
+        """Raise ``DataError`` naming the first chunk that does not match the table."""
+        if self.overflow or self.frame_count != table.count:
+            count = f"more than {MAX_TRACKED_FRAMES}" if self.overflow else str(self.frame_count)
+            raise DataError(
+                f"chunk table: lists {table.count} chunks but the stream holds {count} zstd frames"
+            )
+        if self.offsets != table.compressed_offsets:
+            i = _first_difference(self.offsets, table.compressed_offsets)
+            raise DataError(
+                f"chunk table: chunk {i}: frame starts at offset {self.offsets[i]}, "
+                f"the table says {table.compressed_offsets[i]}"
+            )
+        if self.sizes != array("q", table.uncompressed_sizes):
+            i = _first_difference(self.sizes, table.uncompressed_sizes)
+            raise DataError(
+                f"chunk table: chunk {i} (frame at offset {self.offsets[i]}): decompresses to "
+                f"{self.sizes[i]} bytes, the table says {table.uncompressed_sizes[i]}"
+            )
+        if table.digest_size:
+            if 0 in self.hashed:
+                i = self.hashed.index(0)
+                raise DataError(
+                    f"chunk table: chunk {i} (frame at offset {self.offsets[i]}): the frame "
+                    "does not declare a content size of at most the largest chunk, so it is "
+                    "not a chunk"
+                )
+            if self._chain.digest() != _chain(table):
+                i = _first_digest_difference(self.fingerprints, table)
+                where = f"chunk {i} (frame at offset {self.offsets[i]})" if i >= 0 else "a chunk"
+                raise DataError(
+                    f"chunk table: {where}: SHA-512 of the compressed frame does not match "
+                    "the table"
+                )
+        if total_out != table.uncompressed_size:
+            raise DataError(
+                f"chunk table: the stream decompresses to {total_out} bytes, "
+                f"the table says {table.uncompressed_size}"
+            )
 
-def verify(table: ChunkTable, frames: list[SeenFrame], overflow: bool, total_out: int) -> None:
-    """Raise ``DataError`` naming the first chunk that does not match the table."""
-    if overflow or len(frames) != len(table.chunks):
-        count = f"more than {MAX_TRACKED_FRAMES}" if overflow else str(len(frames))
-        raise DataError(
-            f"chunk table: lists {len(table.chunks)} chunks but the stream holds "
-            f"{count} zstd frames"
-        )
-    for chunk, frame in zip(table.chunks, frames, strict=True):
-        where = f"chunk table: chunk {chunk.index}"
-        if frame.offset != chunk.compressed_offset:
-            raise DataError(
-                f"{where}: frame starts at offset {frame.offset}, "
-                f"the table says {chunk.compressed_offset}"
-            )
-        if frame.decompressed_size != chunk.uncompressed_size:
-            raise DataError(
-                f"{where} (frame at offset {frame.offset}): decompresses to "
-                f"{frame.decompressed_size} bytes, the table says {chunk.uncompressed_size}"
-            )
-        if chunk.digest is not None:
-            if frame.digest is None:
-                raise DataError(
-                    f"{where} (frame at offset {frame.offset}): the frame does not declare "
-                    "a content size of at most the largest chunk, so it is not a chunk"
-                )
-            if frame.digest != chunk.digest:
-                raise DataError(
-                    f"{where} (frame at offset {frame.offset}): SHA-512 of the compressed "
-                    "frame does not match the table"
-                )
-    if total_out != table.uncompressed_size:
-        raise DataError(
-            f"chunk table: the stream decompresses to {total_out} bytes, "
-            f"the table says {table.uncompressed_size}"
-        )
+
+def _first_difference(a: array[int], b: array[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def _chain(table: ChunkTable) -> bytes:
+    """SHA-256 over the table's digests in order: what the verifier chains while streaming."""
+    return hashlib.sha256(table.digests).digest()
+
+
+def _fingerprint(digest: bytes) -> int:
+    """8 bytes that change whenever any byte of ``digest`` does: names the chunk that differs."""
+    return int.from_bytes(hashlib.blake2b(digest, digest_size=8).digest(), "little")
+
+
+def _first_digest_difference(fingerprints: array[int], table: ChunkTable) -> int:
+    size = table.digest_size
+    for i, fingerprint in enumerate(fingerprints):
+        if fingerprint != _fingerprint(table.digests[i * size : (i + 1) * size]):
+            return i
+    return -1  # a 64-bit fingerprint collision: cannot name the chunk, still refused

@@ -14,6 +14,7 @@ import itertools
 import struct
 import subprocess
 import tempfile
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,8 +374,18 @@ def test_a_second_layout_plugs_in_by_magic(monkeypatch: pytest.MonkeyPatch) -> N
     marker = b"XIDX"
 
     def parse_other(payload: bytes) -> seekable.ChunkTable:
-        chunk = seekable.Chunk(0, 0, 0, 4096, None)
-        return seekable.ChunkTable("other", 1, 4096, 4096, 0, (chunk,), payload)
+        return seekable.ChunkTable(
+            layout="other",
+            version=1,
+            uncompressed_size=4096,
+            chunk_size=4096,
+            hash_algo=0,
+            compressed_offsets=array("Q", [0]),
+            uncompressed_offsets=array("Q", [0]),
+            uncompressed_sizes=array("Q", [4096]),
+            digests=b"",
+            raw=payload,
+        )
 
     monkeypatch.setitem(seekable.LAYOUTS, marker, parse_other)
     assert seekable.is_table_payload(marker + bytes(28))
@@ -431,8 +442,9 @@ def test_verifier_reports_what_it_saw(packed: tuple[bytes, PackResult]) -> None:
     verifier = _run_verifier(packed[0])
     assert verifier.verified
     assert verifier.table is not None
-    assert len(verifier.frames) == len(verifier.table.chunks)
-    assert all(f.digest is not None for f in verifier.frames)
+    assert verifier.frame_count == verifier.table.count
+    assert all(f.hashed for f in verifier.frames())
+    assert [f.offset for f in verifier.frames()] == list(verifier.table.compressed_offsets)
 
 
 # -- through the CLI, as containerd runs it -----------------------------------------
