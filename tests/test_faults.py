@@ -42,13 +42,17 @@ class Layers:
     image: bytes  # a raw mkfs.erofs image
     zstd: bytes  # that image as one zstd frame
     padded_zstd: bytes  # the image + 256 MiB of zeros (output flows long before the end)
+    many_frames: bytes  # the image + 2 GiB of zeros as 64 frames of 32 MiB (parallel path)
 
 
 def make_layers(work: Path) -> Layers:
     image = rh.make_image(work)
     comp = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
     padded = comp.compress(image) + b"".join(comp.compress(bytes(1 << 24)) for _ in range(16))
-    return Layers(image, rh.zstd_frame(image), padded + comp.flush())
+    cctx = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
+    frame = 32 << 20
+    many = cctx.compress(image + bytes(frame - len(image))) + cctx.compress(bytes(frame)) * 63
+    return Layers(image, rh.zstd_frame(image), padded + comp.flush(), many)
 
 
 def _popen(
@@ -138,29 +142,47 @@ def reader_closes_early(layers: Layers) -> FaultResult:
     return result
 
 
-def sigterm_mid_stream(layers: Layers, log_file: Path) -> FaultResult:
-    """Half a layer arrives, then SIGTERM: exit 143 promptly and a log record says so."""
+SIGTERM_WHEN = ("blocked reading stdin", "blocked writing stdout", "decoding on 2 threads")
+
+
+def sigterm_mid_stream(layers: Layers, log_file: Path, when: str = SIGTERM_WHEN[0]) -> FaultResult:
+    """SIGTERM while waiting for input, stuck on a full stdout, or with worker threads busy:
+    exit 143 promptly and a log record says so."""
     in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()  # never read: a stuck consumer
     started = time.monotonic()
+    args = ["--log-file", str(log_file)]
+    if when == "decoding on 2 threads":
+        args += ["--threads", "2"]
     proc = _popen(
         rh.ZSTD_ROUTE,
-        "--log-file",
-        str(log_file),
+        *args,
         stdin=in_r,
-        stdout=subprocess.DEVNULL,
+        stdout=out_w if when == "blocked writing stdout" else subprocess.DEVNULL,
     )
     os.close(in_r)
-    os.write(in_w, layers.zstd[: len(layers.zstd) // 2])  # fits in the pipe buffer
-    time.sleep(0.5)  # let it start and block on the rest of the input
+    os.close(out_w)
+    feeder = None
+    if when == "blocked reading stdin":
+        os.write(in_w, layers.zstd[: len(layers.zstd) // 2])  # fits in the pipe buffer
+    elif when == "blocked writing stdout":
+        feeder = _feed(in_w, layers.padded_zstd)
+    else:
+        feeder = _feed(in_w, layers.many_frames)
+    time.sleep(0.7)  # let it start and reach the state under test
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     result = _finish(proc, started, 10)
-    os.close(in_w)
+    if feeder is None:
+        os.close(in_w)
+    else:
+        feeder.join(10)
+    os.close(out_r)
     result.seconds = time.monotonic() - sent
     if result.problem is None:
         records = _records(log_file)
         if result.exit_code != rh.EXIT_SIGTERM:
-            result.problem = f"exit {result.exit_code}, want 143"
+            result.problem = f"exit {result.exit_code}, want 143: {result.stderr!r}"
         elif result.seconds > 2:
             result.problem = f"took {result.seconds:.1f} s to stop"
         elif not any(r.get("event") == "terminated" for r in records):
@@ -396,8 +418,9 @@ def test_reader_closes_early(layers: Layers) -> None:
     _ok(reader_closes_early(layers))
 
 
-def test_sigterm_mid_stream(layers: Layers, tmp_path: Path) -> None:
-    _ok(sigterm_mid_stream(layers, tmp_path / "sp.log"))
+@pytest.mark.parametrize("when", SIGTERM_WHEN)
+def test_sigterm_mid_stream(layers: Layers, when: str, tmp_path: Path) -> None:
+    _ok(sigterm_mid_stream(layers, tmp_path / "sp.log", when))
 
 
 def test_stdout_on_full_disk(layers: Layers) -> None:
@@ -431,9 +454,11 @@ ALL_FAULTS: dict[str, Callable[[Layers, Path], list[FaultResult]]] = {
     "reader closes stdout early (exit 141, quiet, < 3 s)": lambda lay, tmp: [
         reader_closes_early(lay)
     ],
-    "SIGTERM mid-stream (exit 143 < 2 s, log record)": lambda lay, tmp: [
-        sigterm_mid_stream(lay, tmp / "term.log")
-    ],
+    "SIGTERM mid-stream: reading, stuck writing, 2 threads busy (exit 143 < 2 s, log record)": (
+        lambda lay, tmp: [
+            sigterm_mid_stream(lay, tmp / f"term{i}.log", w) for i, w in enumerate(SIGTERM_WHEN)
+        ]
+    ),
     "stdout on a full disk, /dev/full (exit 74, one line)": lambda lay, tmp: [
         stdout_on_full_disk(lay)
     ],
