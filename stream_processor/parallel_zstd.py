@@ -52,7 +52,7 @@ from stream_processor.zstd_codec import (
 if TYPE_CHECKING:  # concurrent.futures costs ~6 ms to import: only when a pool starts
     from concurrent.futures import Future, ThreadPoolExecutor
 
-MAX_PARALLEL_FRAME = 64 << 20  # frames declaring more content are streamed instead
+MAX_PARALLEL_FRAME = 16 << 20  # frames declaring more are streamed: bounds memory per thread
 
 
 def compressed_bound(content_size: int) -> int:

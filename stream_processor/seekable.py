@@ -40,7 +40,7 @@ HASH_SHA512 = 1
 HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
 HASH_NAMES = {HASH_NONE: "none", HASH_SHA512: "sha512"}
 MIN_CHUNK_SIZE = 4096
-MAX_CHUNK_SIZE = 64 << 20  # = parallel_zstd.MAX_PARALLEL_FRAME: a chunk is decoded whole, in memory
+MAX_CHUNK_SIZE = 64 << 20  # larger "chunks" defeat seeking; also the largest frame hashed
 MAX_TRACKED_FRAMES = 1 << 19  # 2 TiB in 4 MiB chunks; 16 MiB of bookkeeping at most
 TABLE_PAYLOAD_LIMIT = 16 << 20  # 233,000 chunks with SHA-512: ~900 GiB in 4 MiB chunks
 
