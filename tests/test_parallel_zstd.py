@@ -222,3 +222,35 @@ def test_cli_threads_option(erofs_bytes: bytes) -> None:
         assert proc.returncode == 0 and proc.stdout == erofs_bytes
     bad = run_cli(["--threads", "0"], blob)
     assert bad.returncode == 2 and b"at least 1" in bad.stderr
+
+
+@pytest.mark.parametrize("max_frame", [1024, 16384, 1 << 20])
+def test_table_verifies_whether_frames_are_streamed_or_pooled(
+    erofs_bytes: bytes, max_frame: int
+) -> None:
+    from stream_processor.seekable import ChunkTableVerifier
+    from tests.test_seekable import pack_bytes, split
+
+    blob, _ = pack_bytes(erofs_bytes)
+    parts = split(blob)
+    bad_table = bytearray(parts.table)
+    bad_table[23 + 72 + 40] ^= 1  # chunk 1's hash
+    for data, ok in ((blob, True), (b"".join(parts.frames) + _skippable(bytes(bad_table)), False)):
+        verifier = ChunkTableVerifier()
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.seek(0)
+            gen = decode_zstd_parallel(
+                Source(f.fileno()), threads=2, observer=verifier, max_frame=max_frame
+            )
+            if ok:
+                assert b"".join(gen) == erofs_bytes and verifier.verified
+            else:
+                with pytest.raises(DataError, match="chunk 1 "):
+                    b"".join(gen)
+
+
+def _skippable(payload: bytes) -> bytes:
+    from stream_processor.seekable import skippable_frame
+
+    return skippable_frame(payload)
