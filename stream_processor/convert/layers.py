@@ -97,6 +97,7 @@ class LayerReport:
     diff_id: str
     seconds: float
     entries: int | None = None
+    phases: dict[str, float] | None = None  # unpack / mkfs / pack seconds of a rebuilt layer
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -198,6 +199,8 @@ def convert_layer(
     try:
         with open(blob_fd, "wb") as out:
             if kind is LayerKind.TAR:
+                timings: dict[str, float] = {}
+                phases: dict[str, float] | None = timings
                 pack, tar_size, entries = _from_tar(
                     layout,
                     desc,
@@ -208,10 +211,11 @@ def convert_layer(
                     out,
                     threads,
                     on_bytes,
+                    timings,
                 )
             else:
                 pack = _rewrap(layout, desc, compression, settings, out, threads, on_bytes)
-                tar_size, entries = None, None
+                tar_size, entries, phases = None, None, None
     except BaseException:
         blob.unlink(missing_ok=True)
         raise
@@ -230,6 +234,7 @@ def convert_layer(
         diff_id=pack.diff_id,
         seconds=round(time.monotonic() - started, 3),
         entries=entries,
+        phases=phases,
     )
     return LayerOutcome(pack, blob, report)
 
@@ -244,10 +249,12 @@ def _from_tar(
     out: BinaryIO,
     threads: int,
     on_bytes: Callable[[int], None] | None,
+    phases: dict[str, float],
 ) -> tuple[PackResult, int, int]:
     what = f"layer {desc.get('digest')}"
     root = work / "rootfs"
     root.mkdir(mode=0o755)
+    started = time.monotonic()
     with layout.open_blob(desc, "layer") as blob:
         tar = HashingReader(decompressor(blob, compression), what, on_bytes)
         try:
@@ -265,11 +272,16 @@ def _from_tar(
             f"{what}: its uncompressed tar hashes to {diff_id}, but the image config "
             f"lists diff_id {expected_diff_id}"
         )
+    unpacked = time.monotonic()
     image = work / "layer.erofs"
     build_from_directory(root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time)
+    built = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
     with image.open("rb") as raw:
         pack = _pack(raw, out, settings, threads)
+    phases["unpack"] = round(unpacked - started, 3)
+    phases["mkfs"] = round(built - unpacked, 3)
+    phases["pack"] = round(time.monotonic() - built, 3)
     return pack, tar.size, stats.entries
 
 

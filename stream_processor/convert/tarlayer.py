@@ -29,22 +29,21 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from stream_processor.convert.tarstream import Entry, TarReader
 from stream_processor.errors import DataError, InputOutputError
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-XATTR_PAX_PREFIX = "SCHILY.xattr."
 DEFAULT_MAX_LAYER_BYTES = 64 << 30
 COPY_SIZE = 1 << 20
-TAR_BUFSIZE = 1 << 20
+FREE_CHECK_SIZE = 1 << 20  # files at least this big are checked against the free space
 
 _DIR, _FILE, _LINK, _OTHER = "dir", "file", "symlink", "other"
 
@@ -71,7 +70,7 @@ class _DirMeta:
 
 @dataclass
 class _State:
-    root: Path
+    root: str  # a plain string: pathlib costs more than the syscalls on small files
     max_bytes: int
     kinds: dict[str, str] = field(default_factory=dict)
     dirs: dict[str, _DirMeta] = field(default_factory=dict)
@@ -107,28 +106,20 @@ def extract_layer(
     drains the rest if it needs a digest of every byte. ``on_entry`` is
     called with the running count of file bytes, for progress.
     """
-    state = _State(root=root, max_bytes=max_bytes)
+    state = _State(root=os.fspath(root), max_bytes=max_bytes)
     state.dirs[""] = _DirMeta()
     state.kinds[""] = _DIR
-    member: tarfile.TarInfo | None = None
-    try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=TAR_BUFSIZE) as archive:
-            for member in archive:
-                _apply(state, archive, member)
-                state.stats.entries += 1
-                if on_entry is not None:
-                    on_entry(state.stats.file_bytes)
-    except tarfile.TarError as exc:
-        where = f" after entry {member.name!r}" if member is not None else ""
-        raise DataError(f"layer tar is corrupt or truncated{where}: {exc}") from None
-    except EOFError:
-        where = f" inside entry {member.name!r}" if member is not None else ""
-        raise DataError(f"layer tar ends early{where}") from None
+    reader = TarReader(stream)
+    for member in reader:
+        _apply(state, reader, member)
+        state.stats.entries += 1
+        if on_entry is not None:
+            on_entry(state.stats.file_bytes)
     _finish_dirs(state)
     return state.stats
 
 
-def _apply(state: _State, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+def _apply(state: _State, reader: TarReader, member: Entry) -> None:
     rel = clean_name(member.name)
     base = rel.rsplit("/", 1)[-1]
     parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
@@ -147,10 +138,10 @@ def _apply(state: _State, archive: tarfile.TarFile, member: tarfile.TarInfo) -> 
         _dir_entry(state, member, rel)
         return
     _claim(state, rel, member.name)
-    path = state.root / rel
+    path = f"{state.root}/{rel}"
     try:
         if member.isreg():
-            _regular(state, archive, member, path)
+            _regular(state, reader, member, path)
             state.kinds[rel] = _FILE
         elif member.issym():
             os.symlink(member.linkname, path)
@@ -194,21 +185,21 @@ def _ensure_parent(state: _State, parent: str, name: str) -> None:
         if kind is not None:
             raise DataError(f"tar entry {name!r} needs {sub!r} to be a directory, but it is not")
         try:
-            os.mkdir(state.root / sub, 0o755)
+            os.mkdir(f"{state.root}/{sub}", 0o755)
         except OSError as exc:
             raise _os_error(name, exc) from None
         state.kinds[sub] = _DIR
         state.dirs[sub] = _DirMeta()
 
 
-def _dir_entry(state: _State, member: tarfile.TarInfo, rel: str) -> None:
+def _dir_entry(state: _State, member: Entry, rel: str) -> None:
     meta = state.dirs.get(rel)
     if meta is not None and meta.explicit:
         raise DataError(f"tar entry {member.name!r} appears twice in the layer (duplicate entry)")
     if meta is None:
         _claim(state, rel, member.name)
         try:
-            os.mkdir(state.root / rel, 0o755)
+            os.mkdir(f"{state.root}/{rel}", 0o755)
         except OSError as exc:
             raise _os_error(member.name, exc) from None
         meta = _DirMeta()
@@ -218,7 +209,7 @@ def _dir_entry(state: _State, member: tarfile.TarInfo, rel: str) -> None:
     meta.uid, meta.gid = member.uid, member.gid
     meta.mtime = float(member.mtime)
     meta.explicit = True
-    path = state.root / rel if rel else state.root
+    path = f"{state.root}/{rel}" if rel else state.root
     try:
         os.chown(path, member.uid, member.gid)
         _set_xattrs(path, member)
@@ -226,9 +217,9 @@ def _dir_entry(state: _State, member: tarfile.TarInfo, rel: str) -> None:
         raise _os_error(member.name, exc) from None
 
 
-def _whiteout(state: _State, member: tarfile.TarInfo, parent: str, base: str) -> None:
+def _whiteout(state: _State, member: Entry, parent: str, base: str) -> None:
     _ensure_parent(state, parent, member.name)
-    parent_path = state.root / parent if parent else state.root
+    parent_path = f"{state.root}/{parent}" if parent else state.root
     if base == WHITEOUT_OPAQUE:
         try:
             os.setxattr(parent_path, OPAQUE_XATTR, b"y")
@@ -245,7 +236,7 @@ def _whiteout(state: _State, member: tarfile.TarInfo, parent: str, base: str) ->
             f"tar entry {member.name!r} whites out {rel!r}, which this layer also adds"
             " (duplicate entry)"
         )
-    path = parent_path / target
+    path = f"{parent_path}/{target}"
     try:
         os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
         os.lchown(path, member.uid, member.gid)
@@ -256,46 +247,36 @@ def _whiteout(state: _State, member: tarfile.TarInfo, parent: str, base: str) ->
     state.stats.whiteouts += 1
 
 
-def _regular(state: _State, archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+def _regular(state: _State, reader: TarReader, member: Entry, path: str) -> None:
     size = member.size
     if state.budget_used + size > state.max_bytes:
         raise DataError(
             f"tar entry {member.name!r} declares {size} bytes, more than the layer limit "
             f"of {state.max_bytes} bytes allows"
         )
-    free = _free_bytes(state.root)
+    free = _free_bytes(state.root) if size >= FREE_CHECK_SIZE else size
     if size > free:
         raise DataError(
             f"tar entry {member.name!r} declares {size} bytes, more than the {free} bytes "
             "free in the work directory"
         )
     state.budget_used += size
-    source = archive.extractfile(member)
-    assert source is not None  # a regular member always has a reader
+    what = f"entry {member.name!r} (declared {size} bytes)"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         remaining = size
         while remaining:
-            chunk = source.read(min(COPY_SIZE, remaining))
-            if not chunk:
-                raise DataError(
-                    f"layer tar ends inside entry {member.name!r} (declared {size} bytes,"
-                    f" got {size - remaining})"
-                )
+            chunk = reader.read(min(COPY_SIZE, remaining), what)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
             remaining -= len(chunk)
-    except tarfile.ReadError:
-        raise DataError(
-            f"layer tar ends inside entry {member.name!r} (declared {size} bytes)"
-        ) from None
     finally:
         os.close(fd)
     state.stats.file_bytes += size
 
 
-def _hardlink(state: _State, member: tarfile.TarInfo, path: Path) -> str:
+def _hardlink(state: _State, member: Entry, path: str) -> str:
     """Link ``path`` to an earlier entry of this layer; returns that entry's kind."""
     target = clean_name(member.linkname, what=f"hard link target of {member.name!r}:")
     kind = state.kinds.get(target)
@@ -308,11 +289,11 @@ def _hardlink(state: _State, member: tarfile.TarInfo, path: Path) -> str:
         raise DataError(f"tar entry {member.name!r} is a hard link to a directory; refusing")
     target_parent = target.rsplit("/", 1)[0] if "/" in target else ""
     _ensure_parent(state, target_parent, member.name)
-    os.link(state.root / target, path, follow_symlinks=False)
+    os.link(f"{state.root}/{target}", path, follow_symlinks=False)
     return kind
 
 
-def _set_meta(path: Path, member: tarfile.TarInfo, *, is_link: bool) -> None:
+def _set_meta(path: str, member: Entry, *, is_link: bool) -> None:
     """Owner, then mode (chown clears setuid), then xattrs (chown clears caps), then mtime."""
     os.lchown(path, member.uid, member.gid)
     if not is_link:
@@ -321,18 +302,15 @@ def _set_meta(path: Path, member: tarfile.TarInfo, *, is_link: bool) -> None:
     os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
 
 
-def _set_xattrs(path: Path, member: tarfile.TarInfo) -> None:
-    for key, value in member.pax_headers.items():
-        if key.startswith(XATTR_PAX_PREFIX):
-            name = key[len(XATTR_PAX_PREFIX) :]
-            raw = value.encode("utf-8", "surrogateescape")
-            os.setxattr(path, name, raw, follow_symlinks=False)
+def _set_xattrs(path: str, member: Entry) -> None:
+    for name, value in member.xattrs.items():
+        os.setxattr(path, name, value, follow_symlinks=False)
 
 
 def _finish_dirs(state: _State) -> None:
     for rel in sorted(state.dirs, key=lambda r: r.count("/") + (1 if r else 0), reverse=True):
         meta = state.dirs[rel]
-        path = state.root / rel if rel else state.root
+        path = f"{state.root}/{rel}" if rel else state.root
         try:
             if not meta.explicit:
                 os.chown(path, meta.uid, meta.gid)
@@ -342,7 +320,7 @@ def _finish_dirs(state: _State) -> None:
             raise _os_error(rel or ".", exc) from None
 
 
-def _free_bytes(path: Path) -> int:
+def _free_bytes(path: str) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
