@@ -82,7 +82,7 @@ def _popen(
     )
 
 
-def _feed(fd: int, data: bytes) -> threading.Thread:
+def _feed(fd: int, data: bytes, close: bool = True) -> threading.Thread:
     """Write ``data`` to ``fd`` from a thread, ignoring the reader going away."""
 
     def run() -> None:
@@ -93,7 +93,8 @@ def _feed(fd: int, data: bytes) -> threading.Thread:
         except OSError:
             pass
         finally:
-            os.close(fd)
+            if close:
+                os.close(fd)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -113,15 +114,19 @@ def _finish(proc: subprocess.Popen[bytes], started: float, timeout: float) -> Fa
     return result
 
 
-def reader_closes_early(layers: Layers) -> FaultResult:
+READER_CLOSES = ("one thread", "2 threads, 32 MiB frames")
+
+
+def reader_closes_early(layers: Layers, how: str = READER_CLOSES[0]) -> FaultResult:
     """containerd stops reading after 1 MiB: exit 141 at once, nothing on stderr."""
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     started = time.monotonic()
-    proc = _popen(rh.ZSTD_ROUTE, stdin=in_r, stdout=out_w)
+    threads = "2" if how.startswith("2") else "1"
+    proc = _popen(rh.ZSTD_ROUTE, "--threads", threads, stdin=in_r, stdout=out_w)
     os.close(in_r)
     os.close(out_w)
-    _feed(in_w, layers.padded_zstd)
+    _feed(in_w, layers.many_frames if threads == "2" else layers.padded_zstd)
     got = 0
     while got < 1 << 20:
         chunk = os.read(out_r, 65536)
@@ -142,7 +147,7 @@ def reader_closes_early(layers: Layers) -> FaultResult:
     return result
 
 
-SIGTERM_WHEN = ("blocked reading stdin", "blocked writing stdout", "decoding on 2 threads")
+SIGTERM_WHEN = ("blocked reading stdin", "blocked writing stdout", "2-thread pool started")
 
 
 def sigterm_mid_stream(layers: Layers, log_file: Path, when: str = SIGTERM_WHEN[0]) -> FaultResult:
@@ -152,7 +157,7 @@ def sigterm_mid_stream(layers: Layers, log_file: Path, when: str = SIGTERM_WHEN[
     out_r, out_w = os.pipe()  # never read: a stuck consumer
     started = time.monotonic()
     args = ["--log-file", str(log_file)]
-    if when == "decoding on 2 threads":
+    if when == SIGTERM_WHEN[2]:
         args += ["--threads", "2"]
     proc = _popen(
         rh.ZSTD_ROUTE,
@@ -168,15 +173,17 @@ def sigterm_mid_stream(layers: Layers, log_file: Path, when: str = SIGTERM_WHEN[
     elif when == "blocked writing stdout":
         feeder = _feed(in_w, layers.padded_zstd)
     else:
-        feeder = _feed(in_w, layers.many_frames)
+        # All 64 frames, but no end of input: the pool has work or waits with it
+        # started, whichever the timing gives; either way exit must be prompt.
+        feeder = _feed(in_w, layers.many_frames, close=False)
     time.sleep(0.7)  # let it start and reach the state under test
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     result = _finish(proc, started, 10)
-    if feeder is None:
-        os.close(in_w)
-    else:
+    if feeder is not None:
         feeder.join(10)
+    if feeder is None or when == SIGTERM_WHEN[2]:
+        os.close(in_w)
     os.close(out_r)
     result.seconds = time.monotonic() - sent
     if result.problem is None:
@@ -414,8 +421,9 @@ def _ok(result: FaultResult) -> None:
     assert result.problem is None, result
 
 
-def test_reader_closes_early(layers: Layers) -> None:
-    _ok(reader_closes_early(layers))
+@pytest.mark.parametrize("how", READER_CLOSES)
+def test_reader_closes_early(layers: Layers, how: str) -> None:
+    _ok(reader_closes_early(layers, how))
 
 
 @pytest.mark.parametrize("when", SIGTERM_WHEN)
@@ -451,10 +459,10 @@ def test_fd3_hostile(layers: Layers, kind: str, tmp_path: Path) -> None:
 
 
 ALL_FAULTS: dict[str, Callable[[Layers, Path], list[FaultResult]]] = {
-    "reader closes stdout early (exit 141, quiet, < 3 s)": lambda lay, tmp: [
-        reader_closes_early(lay)
+    "reader closes stdout early, 1 and 2 threads (exit 141, quiet, < 3 s)": lambda lay, tmp: [
+        reader_closes_early(lay, how) for how in READER_CLOSES
     ],
-    "SIGTERM mid-stream: reading, stuck writing, 2 threads busy (exit 143 < 2 s, log record)": (
+    "SIGTERM mid-stream: reading, stuck writing, 2-thread pool up (exit 143 < 2 s, log record)": (
         lambda lay, tmp: [
             sigterm_mid_stream(lay, tmp / f"term{i}.log", w) for i, w in enumerate(SIGTERM_WHEN)
         ]
