@@ -65,7 +65,9 @@ def write_record(config: LogConfig, level: str, event: str, **fields: Any) -> bo
         return True
     assert config.path is not None
     try:
-        fd = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_NONBLOCK: a FIFO with no reader must turn logging off, not hang the pull.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(config.path, flags, 0o644)
     except OSError as exc:
         _logging_off(config.path, exc)
         return False
