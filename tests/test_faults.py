@@ -311,26 +311,52 @@ def stdout_not_open(layers: Layers) -> FaultResult:
     return result
 
 
-LOG_FAULTS = ("directory missing", "path is a directory", "disk full (/dev/full)")
+LOG_FAULTS = (
+    "directory missing",
+    "path is a directory",
+    "disk full (/dev/full)",
+    "a FIFO nobody reads",
+    "directory missing, and the layer is corrupt",
+)
 
 
 def log_unwritable(layers: Layers, kind: str, tmp: Path) -> FaultResult:
-    """The log file cannot be written: the decode still succeeds; stderr says logging is off."""
+    """The log file cannot be written: the decode still succeeds; stderr says logging is off.
+
+    With a corrupt layer the decode fails as it would anyway (exit 65, its own
+    line) and the logging-off line comes with it. A FIFO without a reader
+    must not block the open (it used to hang the pull forever).
+    """
     path = {
         "directory missing": tmp / "no-such-dir" / "sp.log",
         "path is a directory": tmp,
         "disk full (/dev/full)": Path("/dev/full"),
+        "a FIFO nobody reads": tmp / "log.fifo",
+        "directory missing, and the layer is corrupt": tmp / "no-such-dir" / "sp.log",
     }[kind]
-    outcome = rh.run_processor(
-        layers.zstd, rh.ZSTD_ROUTE, "--log-file", str(path), "--log-level", "info"
-    )
+    if "FIFO" in kind:
+        os.mkfifo(path)
+    corrupt = "corrupt" in kind
+    data = layers.zstd[:-100] if corrupt else layers.zstd
+    try:
+        outcome = rh.run_processor(
+            data, rh.ZSTD_ROUTE, "--log-file", str(path), "--log-level", "info", timeout=10
+        )
+    except subprocess.TimeoutExpired:
+        return FaultResult(None, 10.0, "", "hung on the log file (killed after 10 s)")
     result = FaultResult(outcome.exit_code, outcome.seconds, outcome.stderr)
-    if outcome.exit_code != 0 or outcome.stdout != layers.image:
-        result.problem = f"decode failed because of the log: {outcome.exit_code} {outcome.stderr!r}"
-    elif len(outcome.stderr_lines) != 1 or "logging is off" not in outcome.stderr:
-        result.problem = f"stderr does not say logging is off: {outcome.stderr!r}"
-    elif "Traceback" in outcome.stderr:
+    lines = outcome.stderr_lines
+    if "Traceback" in outcome.stderr:
         result.problem = "traceback"
+    elif corrupt:
+        if outcome.exit_code != rh.EXIT_DATA or len(lines) != 2:
+            result.problem = f"want exit 65 and two lines: {outcome.stderr!r}"
+        elif "logging is off" not in lines[0] or "truncated" not in lines[1]:
+            result.problem = f"unclear stderr: {outcome.stderr!r}"
+    elif outcome.exit_code != 0 or outcome.stdout != layers.image:
+        result.problem = f"decode failed because of the log: {outcome.exit_code} {outcome.stderr!r}"
+    elif len(lines) != 1 or "logging is off" not in outcome.stderr:
+        result.problem = f"stderr does not say logging is off: {outcome.stderr!r}"
     return result
 
 
@@ -477,7 +503,8 @@ ALL_FAULTS: dict[str, Callable[[Layers, Path], list[FaultResult]]] = {
         stdin_is_directory(tmp)
     ],
     "stdout not open (exit 74)": lambda lay, tmp: [stdout_not_open(lay)],
-    "log file unwritable: dir missing, a directory, disk full (exit 0)": lambda lay, tmp: [
+    "log file unwritable: dir missing, a directory, /dev/full, reader-less FIFO (exit 0); "
+    "dir missing + corrupt layer (exit 65)": lambda lay, tmp: [
         log_unwritable(lay, k, tmp) for k in LOG_FAULTS
     ],
     "fd 3: 256 MiB pipe, silent pipe, endless socket, 8 GiB file, /dev/zero": lambda lay, tmp: [
