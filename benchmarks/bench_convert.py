@@ -183,16 +183,18 @@ def main() -> int:
     src = source_image()
     blobs = layer_blobs(src)
     tar_gz = sum(p.stat().st_size for p in blobs)
-    rows: list[tuple[str, float, float, float]] = []
-    for label, base in work_dirs():
+    rows: list[tuple[str, float, float]] = []
+    dirs = work_dirs()
+    for label, base in dirs:
         work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=base))
         try:
             shell = run_shell(blobs, work)
             zstd_s, zstd_report = run_convert(src, work)
-            gzip_s, gzip_report = run_convert(src, work, "--compression", "gzip")
+            rows.append((label, shell, zstd_s))
+            if label == dirs[-1][0]:  # gzip once, on the fastest work dir
+                gzip_s, gzip_report = run_convert(src, work, "--compression", "gzip")
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        rows.append((label, shell, zstd_s, gzip_s))
     layers = zstd_report["layers"]
     assert isinstance(layers, list)
     tar_total = sum(int(row["tar_size"]) for row in layers)
@@ -210,16 +212,14 @@ def main() -> int:
     print(f"| erofs+zstd, seekable (4 MiB chunks) | {mib(zstd_total)} |")
     print(f"| erofs+gzip | {mib(gzip_total)} |")
     print()
-    print(
-        "| work dir | shell: tar -xzf + mkfs.erofs + zstd -T0 | convert (zstd) | ratio |"
-        " convert --compression gzip |"
-    )
-    print("|---|---|---|---|---|")
+    print("| work dir | shell: tar -xzf + mkfs.erofs + zstd -T0 | convert (zstd) | ratio |")
+    print("|---|---|---|---|")
     worst = 0.0
-    for label, shell, zstd_s, gzip_s in rows:
+    for label, shell, zstd_s in rows:
         ratio = zstd_s / shell
         worst = max(worst, ratio)
-        print(f"| {label} | {shell:.2f} s | {zstd_s:.2f} s | {ratio:.2f} | {gzip_s:.2f} s |")
+        print(f"| {label} | {shell:.2f} s | {zstd_s:.2f} s | {ratio:.2f} |")
+    print(f"\nconvert --compression gzip ({rows[-1][0]} work dir): {gzip_s:.2f} s")
     verdict = "meets" if worst <= TARGET_RATIO else "MISSES"
     print(f"\nworst convert / shell = {worst:.2f} ({verdict} the <= {TARGET_RATIO} target)")
     return 0
