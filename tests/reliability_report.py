@@ -401,10 +401,12 @@ decoder holds (threads + 1) x 64 MiB, so a 140 KiB layer of 64 MiB frames on
 xfail test). Known limit: with stdin a *directory*, CPython itself refuses to
 start ("<stdin> is a directory", exit 1) before any of the program runs, so
 EISDIR cannot be reached; read errors are tested with EBADF and ECONNRESET.
-A stream that is not the original but decodes to a sound image (a
-duplicated trailing gzip member, a plain multi-frame zstd with a frame
-dropped after the image) is accepted on purpose ("longer is allowed") and
-caught by containerd's diff-ID check; with a chunk table it is refused.
+By design, not a finding: gzip members or plain zstd frames swapped or
+duplicated behind an intact first block decode to a sound-looking image of
+the right length or longer, which the processor cannot tell from the
+original without integrity data; it exits 0 with exactly what the stream
+says, and containerd's diff-ID check rejects the digest. With a chunk table
+the same splices are refused (the table pins every frame's offset and hash).
 """
 
 
