@@ -24,6 +24,7 @@ mismatch is raised before the caller releases its held-back output.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -63,6 +64,37 @@ def compressed_bound(content_size: int) -> int:
     padding meant to make us buffer without limit.
     """
     return content_size + (content_size >> 7) + (64 << 10)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+_malloc_tuned = False
+
+
+def tune_malloc() -> None:
+    """Keep glibc from returning and re-faulting the chunk-sized buffers on every frame.
+
+    By default each multi-MiB result is a fresh ``mmap`` (or trimmed heap),
+    so every output page is faulted in again: ~60,000 faults and 0.15 s of
+    system time per 500 MB, a quarter of the decode. One arena, no mmap for
+    chunk-sized blocks and a trim threshold above the working set make the
+    buffers recycle; measured peak RSS went down, not up. Process-wide, so
+    done once, only when a pool starts; silently skipped off glibc.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 1)
+        libc.mallopt(_M_MMAP_THRESHOLD, 2 * MAX_PARALLEL_FRAME)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    except (OSError, ValueError, AttributeError):  # not glibc: the defaults are merely slower
+        return
 
 
 @dataclass
@@ -211,6 +243,7 @@ class ParallelDecoder:
                 return  # maybe the only frame: decode it here unless another one follows
             from concurrent.futures import ThreadPoolExecutor
 
+            tune_malloc()
             self.pool = ThreadPoolExecutor(self.threads, "zstd")
         for waiting in self.pending:
             if waiting.future is None:
