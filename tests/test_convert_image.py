@@ -260,7 +260,6 @@ def test_config_manifest_and_index_are_rewritten(
     assert json.loads((dst / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["gzip", "none"])
 def test_other_compressions(source: Path, tmp_path: Path, compression: str) -> None:
     dst = tmp_path / "out"
@@ -354,6 +353,40 @@ def test_summary_line_when_not_a_terminal(source: Path, tmp_path: Path) -> None:
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("erofs-stream-processor") is False
     assert "converted 3 layer(s) in 1 manifest(s)" in lines[0] and proc.stdout == b""
+
+
+def test_progress_lines_on_a_terminal(source: Path, tmp_path: Path) -> None:
+    """stderr on a pty: one line per finished layer, then the summary."""
+    import pty
+    import sys
+
+    from tests.conftest import ROOT
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", "convert", str(source), str(tmp_path / "o")],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(120) == 0
+    text = b"".join(chunks).decode().replace("\r\x1b[K", "\n")
+    layer_lines = [line for line in text.splitlines() if line.startswith("layer ")]
+    assert len(layer_lines) == 3, text
+    assert all(" read " in line and " erofs " in line and " zstd " in line for line in layer_lines)
+    assert "converted 3 layer(s)" in text.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- bad input
