@@ -164,7 +164,12 @@ def _pack_zstd_chunked(
 
     offsets: list[int] = []
     digests: list[bytes] = []
-    pool = ThreadPoolExecutor(threads, "pack") if threads > 1 else None
+    pool = None
+    if threads > 1:
+        from stream_processor.parallel_zstd import tune_malloc
+
+        tune_malloc()  # chunk buffers recycle instead of being re-faulted
+        pool = ThreadPoolExecutor(threads, "pack")
     try:
         for frame, digest in _ordered(pool, compress, reader.pieces(chunk_size), threads):
             offsets.append(out.size)
