@@ -20,6 +20,7 @@ EROFS_MAGIC = 0xE0F5E1E2
 EROFS_MAGIC_BYTES = b"\xe2\xe1\xf5\xe0"
 BASE_SIZE = 128
 MIN_BLKSZBITS = 9
+MAX_HEAD_BLKSZBITS = 16  # 64 KiB, the largest page size a kernel mounts EROFS blocks with
 
 COMPAT_SB_CHKSUM = 0x1
 COMPAT_NAMES = {0x1: "sb_csum", 0x2: "mtime", 0x4: "xattr_filter", 0x8: "shared_ea_in_metabox"}
@@ -142,6 +143,9 @@ def parse(head: Buffer) -> Superblock:
 def required_head(head: Buffer) -> int:
     """How many leading bytes ``validate`` needs: the whole first block (at least 1024+128)."""
     sb = parse(head)
+    if sb.blkszbits > MAX_HEAD_BLKSZBITS:
+        # validate() refuses this block size; never buffer 2^blkszbits bytes to find out.
+        return SUPERBLOCK_OFFSET + BASE_SIZE
     start, end = sb.checksum_region()
     return max(end, SUPERBLOCK_OFFSET + sb.superblock_size, start + BASE_SIZE)
 
