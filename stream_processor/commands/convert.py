@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from stream_processor.commands.decode import parse_size
-from stream_processor.errors import UsageError
+from stream_processor.errors import Terminated, UsageError
 from stream_processor.mediatypes import Compression
 
 
@@ -73,6 +75,10 @@ def _chunk_size(args: argparse.Namespace, compression: Compression) -> int | Non
     return int(args.chunk_size) if args.chunk_size is not None else DEFAULT_CHUNK_SIZE
 
 
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.converter import ConvertOptions, convert_image
     from stream_processor.convert.layers import LayerSettings
@@ -98,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
     )
     progress = Progress(sys.stderr, 0, terminal=sys.stderr.isatty(), quiet=args.quiet)
+    # SIGTERM unwinds like Ctrl-C, so the staging directory and work files are removed.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     report = convert_image(args.src, args.dst, options, progress)
     if args.json:
         sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")

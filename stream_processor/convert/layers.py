@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 from stream_processor.convert.erofsbuild import build_from_directory, layer_uuid
 from stream_processor.convert.oci import Json, Layout
 from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
-from stream_processor.errors import DataError, ProcessorError, UsageError
+from stream_processor.errors import DataError, ProcessorError, Terminated, UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackResult, pack_image
 
@@ -140,7 +140,7 @@ class HashingReader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         try:
             data = self._raw.read(len(view))
-        except ProcessorError:
+        except (ProcessorError, Terminated):
             raise
         except Exception as exc:  # zstd/gzip decoders raise their own error types
             raise DataError(f"{self._what}: cannot decompress: {exc}") from None
