@@ -100,3 +100,24 @@ def test_ctr_imports_the_converted_archive(containerd: Path, tmp_path: Path) -> 
     for layer in manifest["layers"]:
         assert layer["mediaType"] == "application/vnd.erofs.layer.v1+zstd"
         assert layer["digest"] in content
+
+
+def test_converts_what_ctr_exports(containerd: Path, tmp_path: Path) -> None:
+    """``ctr images export`` output (index.json + manifest.json + blobs) converts."""
+    from tests.oci_builder import archive_layout
+    from tests.test_convert_image import manifests
+
+    tree = rich_tree(tmp_path / "tree")
+    src = build_layout(tmp_path / "src", [Image([tar_tree(tree)], "gzip")], ref="latest")
+    archive = archive_layout(src, tmp_path / "src.tar")
+    ctr(containerd, "images", "import", "--base-name", "example.test/src", "--no-unpack",
+        "--all-platforms", str(archive))  # fmt: skip
+    exported = tmp_path / "exported.tar"
+    ctr(containerd, "images", "export", "--all-platforms", str(exported),
+        "example.test/src:latest")  # fmt: skip
+    out = tmp_path / "out"
+    proc = run_cli(["convert", str(exported), str(out)])
+    assert proc.returncode == 0, proc.stderr.decode()
+    [(entry, manifest, _)] = manifests(out)
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.erofs.layer.v1+zstd"
+    assert entry["platform"]["os.features"] == ["erofs"]
