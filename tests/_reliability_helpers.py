@@ -400,25 +400,32 @@ def forged_chunk_table(seed: Seed, rng: random.Random) -> bytes:
     return body + skippable(table, size=declared)
 
 
+SUPERBLOCK_FORGERIES: tuple[tuple[str, int, str, tuple[int, ...]], ...] = (
+    ("blkszbits", 0x0C, "<B", (0, 8, 13, 16, 17, 31, 40, 63, 255)),
+    ("sb_extslots", 0x0D, "<B", (1, 7, 8, 24, 255)),
+    ("blocks", 0x24, "<I", (0, 1, 0x7FFFFFFF, 0xFFFFFFFF)),
+    ("feature_incompat", 0x50, "<I", (0x200, 0x80000000, 0xFFFFFFFF)),
+    ("feature_compat", 0x08, "<I", (0, 0xFFFFFFFE)),  # checksum flag off / odd bits
+    ("inodes", 0x10, "<Q", (0, (1 << 64) - 1)),
+)
+
+
+def forge_superblock(image: bytes, field_at: int, fmt: str, value: int, seal: bool = True) -> bytes:
+    """``image`` with one superblock field set to ``value``, CRC32C recomputed if ``seal``."""
+    forged = bytearray(image)
+    struct.pack_into(fmt, forged, SB_OFFSET + field_at, value)
+    if seal:
+        reseal(forged)
+    return bytes(forged)
+
+
 def forged_superblock(seed: Seed, rng: random.Random) -> bytes:
     """A superblock field set to a hostile value, checksum recomputed, then re-wrapped."""
-    image = bytearray(seed.expected)
-    if image[SB_OFFSET : SB_OFFSET + 4] != EROFS_MAGIC:
+    if seed.expected[SB_OFFSET : SB_OFFSET + 4] != EROFS_MAGIC:
         return bit_flip(seed, rng)
-    field_at, fmt, values = rng.choice(
-        (
-            (0x0C, "<B", (0, 8, 13, 16, 31, 63, 255)),  # blkszbits
-            (0x0D, "<B", (1, 7, 8, 24, 255)),  # sb_extslots
-            (0x24, "<I", (0, 1, 0x7FFFFFFF, 0xFFFFFFFF)),  # blocks
-            (0x50, "<I", (0x200, 0x80000000, 0xFFFFFFFF)),  # feature_incompat
-            (0x08, "<I", (0, 0xFFFFFFFE)),  # feature_compat (checksum flag off / odd)
-            (0x10, "<Q", (0, (1 << 64) - 1)),  # inode count
-        )
-    )
-    struct.pack_into(fmt, image, SB_OFFSET + field_at, rng.choice(values))
-    if rng.random() < 0.8:
-        reseal(image)
-    return rewrap(seed, bytes(image))
+    _name, field_at, fmt, values = rng.choice(SUPERBLOCK_FORGERIES)
+    forged = forge_superblock(seed.expected, field_at, fmt, rng.choice(values), rng.random() < 0.8)
+    return rewrap(seed, forged)
 
 
 def reseal(image: bytearray) -> None:
@@ -761,13 +768,18 @@ def run_processor(
     env: Mapping[str, str] | None = None,
     timeout: float = SUBPROCESS_TIMEOUT,
     as_limit: int = AS_LIMIT,
+    stdout: int = subprocess.PIPE,
 ) -> Outcome:
-    """Run the CLI as containerd would, under an address-space limit and a timeout."""
+    """Run the CLI as containerd would, under an address-space limit and a timeout.
+
+    ``stdout=subprocess.DEVNULL`` discards a large output instead of keeping it.
+    """
     started = time.monotonic()
     proc = subprocess.run(
         processor_cmd(media_type, *args),
         input=data,
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         env=processor_env(env),
         timeout=timeout,
         cwd=ROOT,
@@ -775,7 +787,7 @@ def run_processor(
     )
     return Outcome(
         proc.returncode,
-        proc.stdout,
+        proc.stdout or b"",
         proc.stderr.decode("utf-8", "replace"),
         time.monotonic() - started,
     )
