@@ -11,8 +11,10 @@ Only frames that declare a content size of at most ``MAX_PARALLEL_FRAME`` are
 decoded whole; any other frame (no content size, a huge single frame) is
 streamed block by block after the frames before it are out, so memory stays
 bounded by about ``(threads + 1) x (chunk + compressed chunk)`` plus the
-``Source`` buffer. No pool is started until a second frame appears: a
-single-frame stream is decoded on the calling thread.
+``Source`` buffer, and the declared output in flight never exceeds
+``IN_FLIGHT_BUDGET`` (128 MiB) however many threads are asked for. No pool
+is started until a second frame appears: a single-frame stream is decoded on
+the calling thread.
 
 The observer (the chunk-table verifier) sees the same calls as on the
 streaming path; the frame's SHA-512 is computed on the worker thread with the
@@ -54,6 +56,9 @@ if TYPE_CHECKING:  # concurrent.futures costs ~6 ms to import: only when a pool 
     from concurrent.futures import Future, ThreadPoolExecutor
 
 MAX_PARALLEL_FRAME = 16 << 20  # frames declaring more are streamed: bounds memory per thread
+# Declared output of all frames in flight, whatever --threads says: the default
+# thread count is the host's CPU count, and a layer of 16 MiB zero frames is tiny.
+IN_FLIGHT_BUDGET = 128 << 20
 
 
 def compressed_bound(content_size: int) -> int:
@@ -155,6 +160,7 @@ class ParallelDecoder:
         self.worker = _Worker(max_window_size)
         self.pool: ThreadPoolExecutor | None = None
         self.pending: deque[_Job] = deque()
+        self.pending_bytes = 0  # declared content of the pending frames
         self.index = 0
         self.total_out = 0
         self.pool_started = False
@@ -235,6 +241,7 @@ class ParallelDecoder:
 
     def _queue(self, job: _Job) -> Iterator[bytes]:
         self.pending.append(job)
+        self.pending_bytes += job.content_size
         if self.threads < 2:
             yield from self._drain(0)
             return
@@ -248,14 +255,18 @@ class ParallelDecoder:
         for waiting in self.pending:
             if waiting.future is None:
                 waiting.future = self.pool.submit(self.worker, waiting)
-        yield from self._drain(self.threads)
+        yield from self._drain(self.threads, IN_FLIGHT_BUDGET)
 
-    def _drain(self, keep: int) -> Iterator[bytes]:
-        """Output the oldest jobs, in order, until at most ``keep`` are pending."""
-        while len(self.pending) > keep:
+    def _drain(self, keep: int, budget: int = 0) -> Iterator[bytes]:
+        """Output the oldest jobs, in order, until at most ``keep`` are pending and
+        (with a ``budget``) their declared sizes add up to no more than it, or one is left."""
+        while len(self.pending) > keep or (
+            budget and self.pending_bytes > budget and len(self.pending) > 1
+        ):
             job = self.pending[0]
             out, digest = job.future.result() if job.future is not None else self.worker(job)
             self.pending.popleft()
+            self.pending_bytes -= job.content_size
             job.data = bytearray()
             if self.observer is not None:
                 if digest is not None:

@@ -254,3 +254,20 @@ def _skippable(payload: bytes) -> bytes:
     from stream_processor.seekable import skippable_frame
 
     return skippable_frame(payload)
+
+
+def test_in_flight_output_is_budgeted_whatever_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch, erofs_bytes: bytes
+) -> None:
+    """--threads 64 must not hold 65 frames: the declared output in flight is capped."""
+    import stream_processor.parallel_zstd as pz
+
+    monkeypatch.setattr(pz, "IN_FLIGHT_BUDGET", 3 * 4096)
+    blob = b"".join(frames_of(erofs_bytes, 4096))
+    tracker = _Tracker()
+    with tempfile.TemporaryFile() as f:
+        f.write(blob)
+        f.seek(0)
+        out = b"".join(decode_zstd_parallel(Source(f.fileno()), threads=64, observer=tracker))
+    assert out == erofs_bytes
+    assert tracker.peak <= 4  # budget / frame size, plus the one being cut
