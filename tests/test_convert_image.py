@@ -493,3 +493,29 @@ def test_bad_sources(tmp_path: Path, tars: list[bytes], setup: str, code: int, t
     _one_line_error(run_cli(["convert", str(src), str(dst)]), code, text)
     if setup == "dst-exists":
         assert (dst / "something").read_text() == "keep me"
+
+
+def test_nested_index_as_skopeo_writes_it(tars: list[bytes], tmp_path: Path) -> None:
+    """index.json -> image index blob -> manifests (``skopeo copy --all ... oci:``)."""
+    from tests.oci_builder import OCI_INDEX, LayoutBuilder
+
+    builder = LayoutBuilder(tmp_path / "src")
+    inner = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            builder.image(Image(tars[:1], "gzip", architecture="amd64")),
+            builder.image(Image(tars[:1], "zstd", architecture="arm64")),
+        ],
+    }
+    src = builder.finish([builder.json_blob(inner, OCI_INDEX)])
+    out = tmp_path / "out"
+    proc = convert(src, out, "--json", "--platform", "linux/arm64")
+    top = json.loads((out / "index.json").read_text())
+    assert top["manifests"][0]["mediaType"] == OCI_INDEX
+    assert top["manifests"][0]["annotations"] == {
+        "org.opencontainers.image.ref.name": "test:latest"
+    }
+    found = manifests(out)
+    assert [e["platform"]["architecture"] for e, _, _ in found] == ["arm64"]
+    assert [row["platform"] for row in json.loads(proc.stdout)["manifests"]] == ["linux/arm64"]

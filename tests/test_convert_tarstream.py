@@ -121,3 +121,12 @@ def test_bad_checksum_and_truncation() -> None:
     data[0] ^= 1
     with pytest.raises(DataError, match="bad tar header checksum at byte 0"):
         ours(bytes(data))
+
+
+def test_implausible_long_name_is_refused() -> None:
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = tarfile.GNUTYPE_LONGNAME
+    info.size = 1 << 30
+    data = info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)
+    with pytest.raises(DataError, match="GNU long name of 1073741824 bytes is implausibly"):
+        ours(data)
