@@ -3,10 +3,11 @@
 1. Plan: walk ``index.json`` (nested indexes too), keep the manifests of the
    wanted platforms, read their configs, and collect every distinct layer
    with the diff_id its config promises.
-2. Convert the distinct layers on ``jobs`` threads (most of the work is in
-   ``mkfs.erofs`` and in zstd/gzip, which run outside the GIL). Results are
-   keyed by source digest, so output order and digests do not depend on
-   which layer finished first.
+2. Convert the distinct layers in up to ``jobs`` forked worker processes,
+   largest first (unpacking a tar is Python work that holds the GIL; cores
+   left over go to the compressor's threads). Results are keyed by source
+   digest, so output order and digests do not depend on which layer
+   finished first.
 3. Rewrite bottom-up, as containerd's converter does: layer descriptors get
    the EROFS media type, new digest and size (and the chunk-table
    annotations); configs get ``rootfs.diff_ids`` = SHA-256 of each raw EROFS

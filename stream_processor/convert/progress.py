@@ -1,10 +1,11 @@
 """What a person sees while converting: per-layer lines on a terminal, one line otherwise.
 
-Workers call in from several threads; everything goes through one lock. On
-a terminal a status line (bytes read so far per running layer) is redrawn at
-most every ``REFRESH_S`` seconds and each finished layer gets a permanent
-line: bytes read, EROFS size, wrapped size, time. Elsewhere (CI logs,
-pipes) only the final summary line is printed.
+Called from the main thread only: worker processes report bytes read
+through shared counters that it polls. On a terminal a status line (bytes
+read so far per running layer) is redrawn at most every ``REFRESH_S``
+seconds and each finished layer gets a permanent line: bytes read, EROFS
+size, wrapped size, time. Elsewhere (CI logs, pipes) only the final summary
+line is printed. The lock keeps it safe to call from other threads too.
 """
 
 from __future__ import annotations
