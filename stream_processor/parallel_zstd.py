@@ -12,9 +12,10 @@ decoded whole; any other frame (no content size, a huge single frame) is
 streamed block by block after the frames before it are out, so memory stays
 bounded by about ``(threads + 1) x (chunk + compressed chunk)`` plus the
 ``Source`` buffer, and the declared output in flight never exceeds
-``IN_FLIGHT_BUDGET`` (128 MiB) however many threads are asked for. No pool
-is started until a second frame appears: a single-frame stream is decoded on
-the calling thread.
+``IN_FLIGHT_BUDGET`` (128 MiB) however many threads are asked for. The first
+frame is always streamed on the calling thread, so a single-frame stream
+takes exactly the streaming path and no pool is started until a second frame
+appears.
 
 The observer (the chunk-table verifier) sees the same calls as on the
 streaming path; the frame's SHA-512 is computed on the worker thread with the
@@ -190,7 +191,10 @@ class ParallelDecoder:
             magic = int.from_bytes(head[:4], "little")
             if magic == ZSTD_MAGIC:
                 header = read_frame_header(src, self.max_window_size)
-                if header.content_size is not None and header.content_size <= self.max_frame:
+                size = header.content_size
+                # The first frame always streams: a single-frame layer never buffers a
+                # frame nor starts a pool. From the second frame on, chunks go to the pool.
+                if self.index > 0 and size is not None and size <= self.max_frame:
                     yield from self._queue(self._collect(header))
                     continue
                 yield from self._drain(0)
@@ -246,8 +250,6 @@ class ParallelDecoder:
             yield from self._drain(0)
             return
         if self.pool is None:
-            if len(self.pending) < 2:
-                return  # maybe the only frame: decode it here unless another one follows
             from concurrent.futures import ThreadPoolExecutor
 
             tune_malloc()

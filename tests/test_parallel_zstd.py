@@ -170,20 +170,23 @@ def test_declared_content_size_must_match(delta: int) -> None:
     data = bytes(range(200))
     frame = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(data))
     assert frame[4] & 0x20  # single segment: 1-byte content size right after the descriptor
+    good = bytes(frame)
     frame[5] += delta
-    blob = bytes(frame) * 3
-    with pytest.raises(DataError, match="frame at offset 0"):
-        run(blob, 2)
+    for blob, offset in ((bytes(frame) + good, 0), (good + bytes(frame) * 2, len(good))):
+        with pytest.raises(DataError, match=f"frame at offset {offset}"):
+            run(blob, 2)  # the first frame is streamed, later ones are pooled
 
 
 def test_padding_a_frame_with_empty_blocks_is_refused() -> None:
-    """Declares 1 byte, then 40000 empty raw blocks: bounded, not buffered forever."""
+    """A pooled frame declaring 1 byte, then 40000 empty raw blocks: not buffered forever."""
     header = b"\x28\xb5\x2f\xfd" + bytes([0x20]) + bytes([1])
     empty = (0 << 3 | 0 << 1 | 0).to_bytes(3, "little")
     last = (1 << 3 | 0 << 1 | 1).to_bytes(3, "little") + b"x"
-    blob = header + empty * 40000 + last
+    padded = header + empty * 40000 + last
+    assert run_serial(padded) == b"x"  # valid zstd: streamed, block by block, it is fine
+    first = zstandard.ZstdCompressor().compress(b"first")
     with pytest.raises(DataError, match="far larger than the 1 bytes it declares"):
-        run(blob, 2)
+        run(first + padded, 2)
 
 
 def test_window_limit_applies_on_the_parallel_path(erofs_bytes: bytes) -> None:
