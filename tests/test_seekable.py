@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import struct
 import subprocess
 import tempfile
@@ -504,3 +505,20 @@ def test_any_mutation_is_refused_or_harmless(
         assert out == erofs_bytes
     else:
         assert len(out) < len(erofs_bytes)
+
+
+def test_skipped_verity_frame_reaches_the_log_record(
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    parts = split(packed[0])
+    verity = seekable.skippable_frame(seekable.VERITY_SIGNATURE + bytes(504), magic=0x184D2A51)
+    log = tmp_path / "sp.log"
+    proc = run_cli(
+        ["--log-file", str(log), "--log-level", "info"],
+        assemble(parts.frames, parts.table) + verity,
+    )
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["event"] == "decoded"
+    assert any("dm-verity" in note for note in record["notes"])
+    assert record["frames"] == len(parts.frames)
