@@ -164,7 +164,6 @@ class ParallelDecoder:
         self.pending_bytes = 0  # declared content of the pending frames
         self.index = 0
         self.total_out = 0
-        self.pool_started = False
 
     def run(self) -> Iterator[bytes]:
         try:
