@@ -164,12 +164,9 @@ def _pack_zstd_chunked(
 
     offsets: list[int] = []
     digests: list[bytes] = []
-    pool = None
-    if threads > 1:
-        from stream_processor.parallel_zstd import tune_malloc
-
-        tune_malloc()  # chunk buffers recycle instead of being re-faulted
-        pool = ThreadPoolExecutor(threads, "pack")
+    # No malloc tuning here (unlike the one-layer-per-process decoder): convert
+    # packs many layers in one process, where it would trade faults for fragmentation.
+    pool = ThreadPoolExecutor(threads, "pack") if threads > 1 else None
     try:
         for frame, digest in _ordered(pool, compress, reader.pieces(chunk_size), threads):
             offsets.append(out.size)
