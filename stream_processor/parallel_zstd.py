@@ -84,7 +84,10 @@ def tune_malloc() -> None:
     system time per 500 MB, a quarter of the decode. One arena, no mmap for
     chunk-sized blocks and a trim threshold above the working set make the
     buffers recycle; measured peak RSS went down, not up. Process-wide, so
-    done once, only when a pool starts; silently skipped off glibc.
+    done once, only when a pool starts; silently skipped off glibc. Meant for
+    the CLI, which decodes one layer per process: a long-lived process that
+    decodes thousands of blobs (a fuzzer) trades the faults for heap
+    fragmentation and should set ``_malloc_tuned = True`` first to skip it.
     """
     global _malloc_tuned
     if _malloc_tuned:
