@@ -233,3 +233,26 @@ def test_bad_options_are_usage_errors(
 def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
     proc = run_cli(["pack", str(tmp_path / "nope"), "-o", str(tmp_path / "x")])
     assert proc.returncode == 2 and b"no such file" in proc.stderr
+
+
+def test_pack_from_stdin(erofs_bytes: bytes, tmp_path: Path) -> None:
+    out = tmp_path / "x.blob"
+    proc = run_cli(["pack", "-", "-o", str(out), "--json"], erofs_bytes)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["diffID"] == "sha256:" + hashlib.sha256(erofs_bytes).hexdigest()
+    assert run_cli([], out.read_bytes()).stdout == erofs_bytes
+
+
+def test_unwritable_output_is_an_io_error(erofs_image: Path, tmp_path: Path) -> None:
+    proc = run_cli(["pack", str(erofs_image), "-o", str(tmp_path / "missing-dir" / "x")])
+    assert proc.returncode == 74
+    assert len(proc.stderr.decode().strip().splitlines()) == 1
+
+
+def test_bytes_after_the_image_are_kept(erofs_bytes: bytes) -> None:
+    """Like decode, pack accepts data after the image (e.g. a dm-verity tree) and keeps it."""
+    image = erofs_bytes + b"appended" * 1000
+    blob, result = pack_bytes(image)
+    assert result.image_size == len(image)
+    out = subprocess.run(["zstd", "-dc"], input=blob, capture_output=True, check=True).stdout
+    assert out == image

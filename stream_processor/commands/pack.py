@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from stream_processor.commands.decode import parse_size
 from stream_processor.errors import InputOutputError, UsageError
@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "into a layer blob. zstd output is seekable by default: one frame per chunk plus a "
         "chunk table in a skippable frame; any zstd decoder still reads it."
     )
-    parser.add_argument("input", help="raw EROFS image, or a directory to build one from")
+    parser.add_argument(
+        "input", help="raw EROFS image ('-' = stdin), or a directory to build one from"
+    )
     parser.add_argument("-o", "--output", required=True, help="the blob to write ('-' = stdout)")
     parser.add_argument("--compression", choices=[c.value for c in Compression], default="zstd")
     parser.add_argument(
@@ -71,41 +73,48 @@ def _chunk_size(args: argparse.Namespace, compression: Compression) -> int | Non
 
 
 def _pack_file(image_path: Path, args: argparse.Namespace, compression: Compression) -> PackResult:
-    chunk_size = _chunk_size(args, compression)
-    threads = max(1, int(args.threads))
     try:
         image = open(image_path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot open {image_path}", exc) from exc
     with image:
-        if args.output == "-":
-            return pack_image(
+        return _pack_stream(image, args, compression)
+
+
+def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compression) -> PackResult:
+    chunk_size = _chunk_size(args, compression)
+    threads = max(1, int(args.threads))
+    if args.output == "-":
+        return pack_image(
+            image,
+            sys.stdout.buffer,
+            compression=compression,
+            level=args.level,
+            chunk_size=chunk_size,
+            threads=threads,
+        )
+    output = Path(args.output)
+    # Write next to the target and rename: a failed pack never leaves a partial blob.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".pack-", dir=output.parent or Path("."))
+    except OSError as exc:
+        raise InputOutputError.from_os_error(f"cannot write {output}", exc) from exc
+    os.fchmod(fd, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            result = pack_image(
                 image,
-                sys.stdout.buffer,
+                out,
                 compression=compression,
                 level=args.level,
                 chunk_size=chunk_size,
                 threads=threads,
             )
-        output = Path(args.output)
-        # Write next to the target and rename: a failed pack never leaves a partial blob.
-        fd, tmp = tempfile.mkstemp(prefix=".pack-", dir=output.parent or Path("."))
-        os.fchmod(fd, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                result = pack_image(
-                    image,
-                    out,
-                    compression=compression,
-                    level=args.level,
-                    chunk_size=chunk_size,
-                    threads=threads,
-                )
-            os.replace(tmp, output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return result
+        os.replace(tmp, output)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return result
 
 
 def _print(result: PackResult, as_json: bool, stream: TextIO) -> None:
@@ -139,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if args.output == "-" and sys.stdout.isatty():
         raise UsageError("refusing to write a binary layer to a terminal; use -o FILE")
-    if source.is_dir():
+    if args.input == "-":
+        result = _pack_stream(sys.stdin.buffer, args, compression)
+    elif source.is_dir():
         with tempfile.TemporaryDirectory(prefix="erofs-pack-") as tmp:
             image_path = Path(tmp) / "image.erofs"
             build_image(source, image_path, uuid=args.uuid, timestamp=args.timestamp)
