@@ -119,7 +119,7 @@ def best(runs: list[Run]) -> Run:
 def prepare(rebuild: bool) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     if rebuild or not IMAGE.exists():
-        print(f"building {IMAGE.name} from {SOURCE_TREE} with mkfs.erofs ...", flush=True)
+        print(f"building {IMAGE.name} from {SOURCE_TREE} with mkfs.erofs ...", file=sys.stderr)
         tmp = IMAGE.with_suffix(".tmp")
         subprocess.run(
             ["mkfs.erofs", "--quiet", "-T0", f"-U{UUID}", str(tmp), str(SOURCE_TREE)],
@@ -263,31 +263,31 @@ def main() -> int:
         ("pack, zstd -T2", p_zstd.seconds, None, None),
         ("pack, ours --threads 2", p_ours.seconds, p_ours.seconds / p_zstd.seconds, 1.10),
     ]
+    rss = c["ours"].max_rss_kib
+    print("### Seekable layers (bench_seekable.py)")
     print()
     print(
-        f"seekable layer benchmark: {os.cpu_count()} CPUs ({threads} usable), "
-        f"image {image_mib:.0f} MiB (mkfs.erofs of {SOURCE_TREE}), "
-        f"blob {blob_mib:.0f} MiB ({CHUNK >> 20} MiB chunks, zstd level {LEVEL}), "
-        f"best of {rep} runs, load avg {load_before} -> {load()}"
+        f"{os.cpu_count()} CPUs ({threads} usable); image {image_mib:.0f} MiB "
+        f"(mkfs.erofs of {SOURCE_TREE}); blob {blob_mib:.0f} MiB ({CHUNK >> 20} MiB chunks, "
+        f"zstd level {LEVEL}); best of {rep} runs; load average {load_before} -> {load()}; "
+        f"parallel headroom (2-thread SHA-512 speed-up, 2.00 = two idle cores) "
+        f"{headroom_before:.2f} before, {parallel_headroom():.2f} after."
     )
-    print(
-        f"parallel headroom (2-thread SHA-512 speed-up; 2.00 = two idle cores): "
-        f"{headroom_before:.2f} before, {parallel_headroom():.2f} after"
-    )
-    print(f"{'measurement':<40} {'seconds':>8} {'ratio':>7} {'target':>7}  verdict")
+    print()
+    print("| measurement | seconds | ratio | target | verdict |")
+    print("|---|---:|---:|---:|---|")
     for name, seconds, ratio, target in rows:
-        r = f"{ratio:.2f}" if ratio is not None else "-"
-        t = f"<={target:.2f}" if target is not None else ""
+        r = f"{ratio:.2f}" if ratio is not None else ""
+        t = f"<= {target:.2f}" if target is not None else ""
         verdict = "" if target is None or ratio is None else ("ok" if ratio <= target else "MISSED")
-        print(f"{name:<40} {seconds:>8.3f} {r:>7} {t:>7}  {verdict}")
-    rss = c["ours"].max_rss_kib
+        print(f"| {name} | {seconds:.3f} | {r} | {t} | {verdict} |")
     verdict = "ok" if rss <= rss_limit else "MISSED"
     print(
-        f"{'peak RSS, ours --threads ' + str(threads):<40} {rss / 1024:>6.1f}MiB "
-        f"{'':>7} <={rss_limit / 1024:.0f}MiB  {verdict}"
+        f"| peak RSS, ours --threads {threads} | {rss / 1024:.1f} MiB | | "
+        f"<= {rss_limit / 1024:.0f} MiB | {verdict} |"
     )
-    print(f"{'peak RSS, ours --threads 1':<40} {c['ours1'].max_rss_kib / 1024:>6.1f}MiB")
-    print(f"{'peak RSS, zstd -dc':<40} {c['zstd'].max_rss_kib / 1024:>6.1f}MiB")
+    print(f"| peak RSS, ours --threads 1 | {c['ours1'].max_rss_kib / 1024:.1f} MiB | | | |")
+    print(f"| peak RSS, zstd -dc | {c['zstd'].max_rss_kib / 1024:.1f} MiB | | | |")
     return 0
 
 
