@@ -64,6 +64,7 @@ print(h.hexdigest())
 class Run:
     seconds: float
     max_rss_kib: int
+    cpu_seconds: float = 0.0  # user + system time of the first stage
 
 
 def _env() -> dict[str, str]:
@@ -98,7 +99,7 @@ def timed(stages: Sequence[Sequence[str]], stdin: Path, stdout: Path | None) -> 
                 prev = os.dup(proc.stdout.fileno())
                 proc.stdout.close()
             procs.append(proc)
-        rss = 0
+        rss, cpu = 0, 0.0
         for i, proc in enumerate(procs):
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
@@ -106,14 +107,19 @@ def timed(stages: Sequence[Sequence[str]], stdin: Path, stdout: Path | None) -> 
                 raise SystemExit(f"benchmark command failed ({proc.returncode}): {stages[i]}")
             if i == 0:
                 rss = usage.ru_maxrss
-        return Run(time.perf_counter() - start, rss)
+                cpu = usage.ru_utime + usage.ru_stime
+        return Run(time.perf_counter() - start, rss, cpu)
     finally:
         os.close(out_fd)
         os.close(in_fd)
 
 
 def best(runs: list[Run]) -> Run:
-    return Run(min(r.seconds for r in runs), max(r.max_rss_kib for r in runs))
+    return Run(
+        min(r.seconds for r in runs),
+        max(r.max_rss_kib for r in runs),
+        min(r.cpu_seconds for r in runs),
+    )
 
 
 def prepare(rebuild: bool) -> None:
@@ -288,6 +294,13 @@ def main() -> int:
     )
     print(f"| peak RSS, ours --threads 1 | {c['ours1'].max_rss_kib / 1024:.1f} MiB | | | |")
     print(f"| peak RSS, zstd -dc | {c['zstd'].max_rss_kib / 1024:.1f} MiB | | | |")
+    print()
+    print(
+        "CPU seconds (user + system, best run; independent of how busy the machine was): "
+        f"zstd -dc {c['zstd'].cpu_seconds:.2f}, ours --threads {threads} "
+        f"{c['ours'].cpu_seconds:.2f}, ours --threads 1 {c['ours1'].cpu_seconds:.2f}; "
+        f"pack: zstd -T2 {p_zstd.cpu_seconds:.2f}, ours --threads 2 {p_ours.cpu_seconds:.2f}."
+    )
     return 0
 
 
