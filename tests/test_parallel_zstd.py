@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import typing
 
 import pytest
 import zstandard
@@ -274,3 +275,39 @@ def test_in_flight_output_is_budgeted_whatever_the_thread_count(
         out = b"".join(decode_zstd_parallel(Source(f.fileno()), threads=64, observer=tracker))
     assert out == erofs_bytes
     assert tracker.peak <= 4  # budget / frame size, plus the one being cut
+
+
+def test_reader_going_away_ends_the_parallel_decode_quietly(erofs_bytes: bytes) -> None:
+    """EPIPE while frames are in flight on the pool: exit 141, no message, no hang."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cctx = zstandard.ZstdCompressor(write_checksum=True)
+    blob = b"".join(frames_of(erofs_bytes, 65536)) + cctx.compress(bytes(1 << 20)) * 40
+    env = {k: v for k, v in os.environ.items() if k != "STREAM_PROCESSOR_MEDIATYPE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", "--threads", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, blob), daemon=True)
+    feeder.start()
+    assert len(proc.stdout.read(100_000)) == 100_000
+    proc.stdout.close()
+    assert proc.wait(timeout=30) == 141
+    assert proc.stderr.read() == b""
+
+
+def _feed(pipe: typing.IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except BrokenPipeError:
+        pass
