@@ -309,7 +309,9 @@ def large_rows(work: Path) -> list[Row]:
         rows.append(
             Row(
                 "size",
-                f"image + 4 GiB 3 MiB of zeros, {wrap}, compressed on the fly (no disk)",
+                f"image + 4 GiB 3 MiB of zeros, {wrap}, "
+                + ("streamed from a generator" if wrap == "raw" else "compressed on the fly")
+                + " (no disk)",
                 1,
                 f"exit {r.exit_code}, {r.bytes_out} bytes out (> 2^32), content checked, "
                 f"sha256 {r.sha256[:12]}…, {_fmt_s(r.seconds)}",
