@@ -685,7 +685,6 @@ class Outcome:
     stdout: bytes
     stderr: str
     seconds: float
-    output_ok: bool | None = None
 
     @property
     def stderr_lines(self) -> list[str]:
