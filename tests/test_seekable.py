@@ -522,3 +522,29 @@ def test_skipped_verity_frame_reaches_the_log_record(
     assert record["event"] == "decoded"
     assert any("dm-verity" in note for note in record["notes"])
     assert record["frames"] == len(parts.frames)
+
+
+def test_shared_tar_zstd_route_verifies_tables_too(
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    """containerd 2.3 sends erofs+zstd down the tar+zstd route: the table is checked there too,
+    and a multi-frame tar layer with no table still passes through byte for byte."""
+    import tarfile
+
+    route = ["--media-type", "application/vnd.oci.image.layer.v1.tar+zstd"]
+    parts = split(packed[0])
+    table = bytearray(parts.table)
+    table[23 + 3 * 72 + 8] ^= 1
+    bad = run_cli(route, assemble(parts.frames, bytes(table)))
+    assert bad.returncode == 65 and b"chunk 3" in bad.stderr
+    assert run_cli(route, packed[0]).stdout == erofs_bytes
+
+    tar_path = tmp_path / "layer.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(Path(__file__), arcname="test_seekable.py")
+    tar_bytes = tar_path.read_bytes()
+    cctx = zstandard.ZstdCompressor(write_checksum=True)
+    frames = [cctx.compress(tar_bytes[i : i + 4096]) for i in range(0, len(tar_bytes), 4096)]
+    ok = run_cli(route, b"".join(frames))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == tar_bytes
