@@ -446,6 +446,24 @@ def test_hostile_layer_fails_cleanly(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["src"]  # the staging area is gone too
 
 
+def test_a_failing_layer_stops_the_other_workers(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(40):  # ~80 MB: the sound layer is still being converted
+        (tree / f"f{i}").write_bytes(os.urandom(2 << 20))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(tarfile.TarInfo("/abs"), io.BytesIO(b""))
+    src = build_layout(tmp_path / "src", [Image([tar_tree(tree), buf.getvalue()], "none")])
+    shutil.rmtree(tree)
+    proc = run_cli(["convert", str(src), str(tmp_path / "dst"), "--jobs", "2"])
+    _one_line_error(proc, 65, "'/abs' is an absolute path")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
 def test_corrupt_blob_is_named(source: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(source, src)

@@ -23,11 +23,13 @@ import copy
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from stream_processor.convert.layers import LayerOutcome, LayerSettings, classify, convert_layer
@@ -45,7 +47,7 @@ from stream_processor.convert.oci import (
     write_archive,
 )
 from stream_processor.convert.progress import REFRESH_S, Progress, human
-from stream_processor.errors import DataError, UsageError
+from stream_processor.errors import DataError, Terminated, UsageError
 
 EROFS_FEATURE = "erofs"
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
@@ -362,6 +364,23 @@ def _all_manifest_rows(top: _IndexPlan, index: Json, writer: LayoutWriter) -> li
 
 # Per-layer "bytes read" counters in shared memory, inherited by forked workers.
 _COUNTERS: Any = None
+_BUSY = False  # in a worker: converting a layer right now
+
+
+def _worker_sigterm(signum: int, frame: FrameType | None) -> None:
+    """In a worker: unwind the layer in progress, which removes its files.
+
+    An idle worker ignores it: it may be blocked in the pool's call queue
+    holding the queue's lock, and dying there would hang the other workers;
+    the pool's shutdown ends it cleanly instead.
+    """
+    if _BUSY:
+        raise Terminated()
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops us with SIGTERM
 
 
 def _worker(
@@ -375,15 +394,20 @@ def _worker(
     threads: int,
 ) -> LayerOutcome:
     """One layer in a worker process; reports progress through ``_COUNTERS[slot]``."""
+    global _BUSY
     counters = _COUNTERS
 
     def on_bytes(n: int) -> None:
         if counters is not None:
             counters[slot] = n
 
-    return convert_layer(
-        layout, desc, diff_id, settings, work_root, blob_dir, threads=threads, on_bytes=on_bytes
-    )
+    _BUSY = True
+    try:
+        return convert_layer(
+            layout, desc, diff_id, settings, work_root, blob_dir, threads=threads, on_bytes=on_bytes
+        )
+    finally:
+        _BUSY = False
 
 
 def _convert_layers(
@@ -432,7 +456,7 @@ def _convert_layers(
     global _COUNTERS
     ctx = multiprocessing.get_context("fork")
     _COUNTERS = counters = ctx.Array("q", len(layers), lock=False)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
     # Largest first, so the longest layer is not left running alone at the end.
     order = sorted(range(len(layers)), key=lambda i: -int(layers[i][1].get("size", 0)))
     try:
@@ -456,10 +480,21 @@ def _convert_layers(
                     slot, digest = slots[future]
                     if counters[slot]:
                         progress.read(digest, counters[slot])
+    except BaseException:
+        _stop_workers(pool)  # a failed layer or SIGTERM: do not finish the others first
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _COUNTERS = None
     return results
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM the workers; each unwinds (``Terminated``) and removes its own files."""
+    processes = getattr(pool, "_processes", None) or {}  # no public API for this
+    for process in list(processes.values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _publish(staging: Path, layout_dir: Path, dst: Path, archive: bool) -> None:
