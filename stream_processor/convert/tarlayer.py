@@ -143,6 +143,7 @@ def _apply(state: _State, reader: TarReader, member: Entry) -> None:
         if member.isreg():
             _regular(state, reader, member, path)
             state.kinds[rel] = _FILE
+            return  # metadata already set through the open descriptor
         elif member.issym():
             os.symlink(member.linkname, path)
             state.kinds[rel] = _LINK
@@ -271,6 +272,13 @@ def _regular(state: _State, reader: TarReader, member: Entry, path: str) -> None
             while view:
                 view = view[os.write(fd, view) :]
             remaining -= len(chunk)
+        # As GNU tar does: through the descriptor, no more path lookups. Owner first
+        # (chown clears setuid), then mode, xattrs (chown clears capabilities), mtime.
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        for name, value in member.xattrs.items():
+            os.setxattr(fd, name, value)
+        os.utime(fd, (member.mtime, member.mtime))
     finally:
         os.close(fd)
     state.stats.file_bytes += size
