@@ -409,6 +409,7 @@ its owner: frames over 16 MiB stream). Known limit: with stdin a
 *directory*, CPython itself refuses to start ("<stdin> is a directory",
 exit 1) before any of the program runs, so EISDIR cannot be reached; read
 errors are tested with EBADF and ECONNRESET.
+
 By design, not a finding: gzip members or plain zstd frames swapped or
 duplicated behind an intact first block decode to a sound-looking image of
 the right length or longer, which the processor cannot tell from the
