@@ -101,6 +101,26 @@ def _feed(fd: int, data: bytes, close: bool = True) -> threading.Thread:
     return thread
 
 
+def _wait_for_sigterm_handler(pid: int, timeout: float = 20) -> None:
+    """Wait until the process catches SIGTERM (``SigCgt`` in /proc), i.e. start-up is over.
+
+    A signal that arrives during interpreter start-up kills the process the
+    default way; the property under test is about a decode in progress.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("SigCgt:") and int(line.split()[1], 16) & (
+                1 << (signal.SIGTERM - 1)
+            ):
+                return
+        time.sleep(0.02)
+
+
 def _finish(proc: subprocess.Popen[bytes], started: float, timeout: float) -> FaultResult:
     code = rh.wait_exit(proc, timeout)
     assert proc.stderr is not None
@@ -176,7 +196,8 @@ def sigterm_mid_stream(layers: Layers, log_file: Path, when: str = SIGTERM_WHEN[
         # All 64 frames, but no end of input: the pool has work or waits with it
         # started, whichever the timing gives; either way exit must be prompt.
         feeder = _feed(in_w, layers.many_frames, close=False)
-    time.sleep(0.7)  # let it start and reach the state under test
+    _wait_for_sigterm_handler(proc.pid)
+    time.sleep(0.5)  # let it reach the state under test
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     result = _finish(proc, started, 10)
