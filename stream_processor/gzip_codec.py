@@ -63,19 +63,18 @@ def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:
     new, error, stats.backend = _backend()
     pending = b""  # input bytes left over from the previous member
     while True:
-        if pending:
-            head = pending[:2]
-            if len(head) < 2:
-                head = head + bytes(src.peek(1))
-        else:
-            head = bytes(src.peek(2))
+        head = pending[:4]  # magic, method, flags
+        if len(head) < 4:
+            head = head + bytes(src.peek(4 - len(head)))
         if not head:
             break
         offset = src.position - len(pending)
-        if head != GZIP_MAGIC:
+        if head[:2] != GZIP_MAGIC:
             if stats.members == 0:
                 raise DataError("input is not gzip (no gzip magic at the start)")
             raise DataError(f"gzip: trailing data at offset {offset} is not a gzip member")
+        if len(head) == 4 and head[3] & 0xE0:  # RFC 1952: reserved FLG bits must be zero
+            raise DataError(f"gzip: member at offset {offset} sets reserved header flags")
         dobj = new()
         try:
             pending = yield from _member(src, dobj, pending)
