@@ -297,6 +297,36 @@ def degenerate_layers(image: bytes, count: int) -> dict[str, tuple[str, bytes]]:
     }
 
 
+def gzip_header_forgeries(image: bytes) -> dict[str, tuple[bytes, bool]]:
+    """gzip members with hostile or unusual headers: name -> (layer, must decode).
+
+    The optional FEXTRA/FNAME/FCOMMENT fields have no length limit in the
+    format; a decoder that buffered them would be a memory bomb.
+    """
+    raw = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = raw.compress(image) + raw.flush()
+    trailer = struct.pack("<II", zlib.crc32(image), len(image) & 0xFFFFFFFF)
+
+    def header(flags: int, method: int = 8) -> bytes:
+        return bytes([0x1F, 0x8B, method, flags]) + b"\0\0\0\0\0\x03"
+
+    extra = b"EX" + struct.pack("<H", 4) + b"data"
+    fields = struct.pack("<H", len(extra)) + extra + b"layer.erofs\0" + b"a comment\0"
+    return {
+        "FEXTRA+FNAME+FCOMMENT, all valid": (header(0x1C) + fields + body + trailer, True),
+        "FNAME never terminated (600 MiB)": (header(0x08) + b"A" * (600 << 20), False),
+        "FCOMMENT never terminated (64 MiB)": (header(0x10) + b"C" * (64 << 20), False),
+        "FEXTRA of 65535 bytes, cut short": (header(0x04) + b"\xff\xff" + b"B" * 100, False),
+        "FHCRC that does not match": (header(0x02) + b"\0\0" + body + trailer, False),
+        "reserved flag bits": (header(0xE0) + body + trailer, False),
+        "compression method 7": (header(0x00, method=7) + body + trailer, False),
+        "ISIZE off by 2^32 - 1": (
+            header(0) + body + struct.pack("<II", zlib.crc32(image), (len(image) - 1) % 2**32),
+            False,
+        ),
+    }
+
+
 # ---------------------------------------------------------------------- mutators
 
 

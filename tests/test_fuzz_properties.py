@@ -290,6 +290,24 @@ def test_forged_superblocks_never_buffer_the_stream(seeds: list[rh.Seed]) -> Non
 
 
 @pytest.mark.slow
+def test_gzip_header_forgeries(seeds: list[rh.Seed]) -> None:
+    """Unbounded or forged gzip header fields: refused with one line, never buffered."""
+    image = _by_name(seeds, "raw").data
+    problems = []
+    for name, (data, valid) in rh.gzip_header_forgeries(image).items():
+        outcome = rh.run_processor(data, rh.GZIP_ROUTE, as_limit=512 << 20, timeout=60)
+        if valid and (outcome.exit_code != 0 or outcome.stdout != image):
+            problems.append(f"{name}: exit {outcome.exit_code} {outcome.stderr!r}")
+        elif not valid and (
+            outcome.exit_code != rh.EXIT_DATA
+            or len(outcome.stderr_lines) != 1
+            or outcome.seconds > 10
+        ):
+            problems.append(f"{name}: exit {outcome.exit_code} {outcome.stderr!r}")
+    assert not problems, problems
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_degenerate_framing_is_correct_and_linear(seeds: list[rh.Seed], threads: str) -> None:
     """20 000 empty frames / members / skippable frames: right output, bounded time."""
