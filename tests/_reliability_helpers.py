@@ -763,6 +763,19 @@ def _read_exact(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
+def fuzz_rss_limit_mb(budget_mb: int = 1024) -> int:
+    """``-rss_limit_mb`` for a fuzzer started from this process.
+
+    Linux carries a process's peak RSS across fork and exec (``ru_maxrss`` of
+    the child starts at the parent's resident size), so a fuzzer started from
+    a pytest process that once held a 768 MiB test input reports that peak as
+    its own and libFuzzer declares an out-of-memory at once. The limit is the
+    budget on top of what this process has already peaked at.
+    """
+    inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return inherited + budget_mb
+
+
 def limit_address_space(limit: int = AS_LIMIT) -> Callable[[], None]:
     """A ``preexec_fn`` capping the child's address space (a hostile layer cannot eat the node)."""
 

@@ -334,6 +334,7 @@ def fuzz_row(seconds: int, work: Path) -> Row:
             str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
             f"-max_total_time={seconds}",
             f"-artifact_prefix={artifacts}/",
+            f"-rss_limit_mb={rh.fuzz_rss_limit_mb()}",
             str(corpus_dir),
         ],
         capture_output=True,
