@@ -40,23 +40,13 @@ with atheris.instrument_imports(include=["stream_processor"]):
     # decode imports these lazily; import them here so they are instrumented too.
     import stream_processor.decode
     import stream_processor.parallel_zstd
-    import stream_processor.seekable
+    import stream_processor.seekable  # noqa: F401
 
 from tests import _reliability_helpers as rh  # noqa: E402
 from tests.fuzz import seeds as corpus  # noqa: E402
 
 LIMIT = 64 << 20  # max output per input: a bomb is refused, not decoded
 
-# parallel_zstd tunes glibc malloc process-wide (one arena, large mmap and
-# trim thresholds) for the CLI, which decodes one layer per process. In this
-# long-lived process that makes RSS depend on heap fragmentation across
-# 100,000 inputs rather than on the decoder's bounded buffers: a 20 s run made
-# while the tuning was new reached 1.4 GB RSS and tripped -rss_limit_mb, on an
-# input that needs 21 MB on its own (not reproduced since). The tuning is
-# skipped here; the decoder's memory bounds are tested one process per decode
-# under RLIMIT_AS in test_fuzz_properties.py.
-if hasattr(stream_processor.parallel_zstd, "_malloc_tuned"):
-    stream_processor.parallel_zstd._malloc_tuned = True
 SEEDS = corpus.load_seeds()
 UNMUTATED = {corpus.encode(s.media_type, s.data, t): s.expected for s in SEEDS for t in (1, 2)}
 
