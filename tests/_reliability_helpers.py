@@ -297,6 +297,9 @@ def degenerate_layers(image: bytes, count: int) -> dict[str, tuple[str, bytes]]:
     }
 
 
+GZIP_HEADER_FORGERIES = 8  # how many cases gzip_header_forgeries returns
+
+
 def gzip_header_forgeries(image: bytes) -> dict[str, tuple[bytes, bool]]:
     """gzip members with hostile or unusual headers: name -> (layer, must decode).
 
