@@ -212,6 +212,52 @@ def read_frame_header(src: Source, max_window_size: int) -> FrameHeader:
     )
 
 
+def _scan_blocks(view: memoryview, at: int, max_blocks: int) -> tuple[int, bool]:
+    """Walk whole block headers in ``view``: (bytes covered, last block reached).
+
+    Stops at the first block that is not wholly in ``view`` or after
+    ``max_blocks``; ``at`` is the stream offset of ``view[0]`` for errors.
+    """
+    n = len(view)
+    pos = 0
+    blocks = 0
+    while pos + 3 <= n and blocks < max_blocks:
+        value = view[pos] | (view[pos + 1] << 8) | (view[pos + 2] << 16)
+        block_type, block_size = (value >> 1) & 3, value >> 3
+        if block_type == 3 or block_size > BLOCK_MAX:
+            raise DataError(f"zstd: corrupt block header at offset {at + pos}")
+        end = pos + 3 + (1 if block_type == 1 else block_size)
+        if end > n:
+            break
+        pos = end
+        blocks += 1
+        if value & 1:
+            return pos, True
+    return pos, False
+
+
+def _block_runs(src: Source, header: FrameHeader, max_blocks: int) -> Iterator[memoryview]:
+    """Consume the frame's blocks as runs of whole, already-buffered blocks."""
+    window = src.capacity // 2  # > BLOCK_MAX + 3: a whole block always fits
+    done = False
+    while not done:
+        view = src.peek(window)
+        pos, done = _scan_blocks(view, src.position, max_blocks)
+        if pos == 0:
+            what = "mid-frame" if len(view) < 3 else "mid-block"
+            raise DataError(
+                f"zstd: frame at offset {header.offset} is truncated (input ends {what})"
+            )
+        yield src.take(pos)
+
+
+def _checksum(src: Source, header: FrameHeader) -> memoryview:
+    checksum = src.take(4)
+    if len(checksum) < 4:
+        raise DataError(f"zstd: frame at offset {header.offset} is truncated (checksum missing)")
+    return checksum
+
+
 def frame_blocks(src: Source, header: FrameHeader) -> Iterator[memoryview]:
     """Consume the frame at the current position piece by piece: header, blocks, checksum.
 
@@ -221,80 +267,29 @@ def frame_blocks(src: Source, header: FrameHeader) -> Iterator[memoryview]:
     handed out together: each block regenerates at most 128 KiB, so one step
     still produces at most 1 MiB, with a fraction of the per-call overhead.
     """
-    offset = header.offset
     yield src.take(header.header_size)
-    window = src.capacity // 2  # > BLOCK_MAX + 3: a whole block always fits
-    done = False
-    while not done:
-        view = src.peek(window)
-        n = len(view)
-        pos = 0
-        blocks = 0
-        while pos + 3 <= n and blocks < BLOCKS_PER_STEP:
-            value = view[pos] | (view[pos + 1] << 8) | (view[pos + 2] << 16)
-            block_type, block_size = (value >> 1) & 3, value >> 3
-            if block_type == 3 or block_size > BLOCK_MAX:
-                raise DataError(f"zstd: corrupt block header at offset {src.position + pos}")
-            end = pos + 3 + (1 if block_type == 1 else block_size)
-            if end > n:
-                break
-            pos = end
-            blocks += 1
-            if value & 1:
-                done = True
-                break
-        if pos == 0:
-            what = "mid-frame" if n < 3 else "mid-block"
-            raise DataError(f"zstd: frame at offset {offset} is truncated (input ends {what})")
-        yield src.take(pos)
+    yield from _block_runs(src, header, BLOCKS_PER_STEP)
     if header.has_checksum:
-        checksum = src.take(4)
-        if len(checksum) < 4:
-            raise DataError(f"zstd: frame at offset {offset} is truncated (checksum missing)")
-        yield checksum
+        yield _checksum(src, header)
 
 
 def read_whole_frame(src: Source, header: FrameHeader, limit: int) -> bytearray:
     """Consume the frame at the current position and return its bytes (at most ``limit``).
 
-    The same walk as ``frame_blocks``, but scanning every block header that
-    is already buffered in one tight loop and copying runs of whole blocks at
-    once: about ten times less Python work per block, which matters when the
-    main thread only cuts frames for worker threads.
+    The same walk as ``frame_blocks`` with no cap on blocks per run: the main
+    thread only cuts frames for worker threads, so it copies as much as is
+    buffered at once.
     """
-    offset = header.offset
     data = bytearray(src.take(header.header_size))
-    window = src.capacity // 2  # > BLOCK_MAX + 3: a whole block always fits
-    done = False
-    while not done:
-        view = src.peek(window)
-        n = len(view)
-        pos = 0
-        while pos + 3 <= n:
-            value = view[pos] | (view[pos + 1] << 8) | (view[pos + 2] << 16)
-            block_type, block_size = (value >> 1) & 3, value >> 3
-            if block_type == 3 or block_size > BLOCK_MAX:
-                raise DataError(f"zstd: corrupt block header at offset {src.position + pos}")
-            end = pos + 3 + (1 if block_type == 1 else block_size)
-            if end > n:
-                break
-            pos = end
-            if value & 1:
-                done = True
-                break
-        if pos == 0:
-            raise DataError(f"zstd: frame at offset {offset} is truncated (input ends mid-frame)")
-        data += src.take(pos)
+    for run in _block_runs(src, header, 1 << 30):
+        data += run
         if len(data) > limit:
             raise DataError(
-                f"zstd: frame at offset {offset} is far larger than the "
+                f"zstd: frame at offset {header.offset} is far larger than the "
                 f"{header.content_size} bytes it declares"
             )
     if header.has_checksum:
-        checksum = src.take(4)
-        if len(checksum) < 4:
-            raise DataError(f"zstd: frame at offset {offset} is truncated (checksum missing)")
-        data += checksum
+        data += _checksum(src, header)
     return data
 
 

@@ -100,48 +100,46 @@ def _spawn() -> subprocess.Popen[bytes]:
     )
 
 
-def _dup_to_fd3(fd: int) -> None:
-    os.dup2(fd, 3)
-
-
-def test_fd3_payload_present_is_drained_and_ignored(erofs_bytes: bytes) -> None:
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    r, w = os.pipe()
-    os.write(w, b"\x0a\x04test payload")
-    os.close(w)
+def _run_with_fd3(blob: bytes, fd3: int, log: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run the processor with ``fd3`` moved to its descriptor 3, as containerd passes a payload."""
     env = {k: v for k, v in os.environ.items() if k != ENV}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream_processor"],
+    env["EROFS_SP_LOG_LEVEL"] = "info"
+    script = f'exec 3<&{fd3} {fd3}<&-; exec "$0" "$@"'
+    return subprocess.run(
+        ["bash", "-c", script, sys.executable, "-m", "stream_processor", "--log-file", str(log)],
         input=blob,
         capture_output=True,
         env=env,
         cwd=ROOT,
-        preexec_fn=lambda: _dup_to_fd3(r),
+        pass_fds=(fd3,),
         timeout=30,
     )
+
+
+def test_fd3_payload_present_is_drained_and_ignored(erofs_bytes: bytes, tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    payload = b"\x0a\x04test payload"
+    r, w = os.pipe()
+    os.write(w, payload)
+    os.close(w)
+    proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
     os.close(r)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes and proc.stderr == b""
+    record = json.loads((tmp_path / "sp.log").read_text())
+    assert record["fd3_payload_bytes"] in (0, len(payload))  # drained off the main thread
 
 
-def test_fd3_open_but_never_written_does_not_block(erofs_bytes: bytes) -> None:
+def test_fd3_open_but_never_written_does_not_block(erofs_bytes: bytes, tmp_path: Path) -> None:
     """containerd's writer may still hold the pipe open: the decode must not wait for it."""
     blob = zstandard.ZstdCompressor().compress(erofs_bytes)
     r, w = os.pipe()
-    env = {k: v for k, v in os.environ.items() if k != ENV}
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "stream_processor"],
-            input=blob,
-            capture_output=True,
-            env=env,
-            cwd=ROOT,
-            preexec_fn=lambda: _dup_to_fd3(r),
-            timeout=30,
-        )
+        proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
     finally:
         os.close(r)
         os.close(w)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
+    assert json.loads((tmp_path / "sp.log").read_text())["fd3_payload_bytes"] == 0
 
 
 def test_fd3_absent(erofs_bytes: bytes) -> None:
