@@ -780,12 +780,22 @@ def fuzz_rss_limit_mb(budget_mb: int = 1024) -> int:
 
 
 def limit_address_space(limit: int = AS_LIMIT) -> Callable[[], None]:
-    """A ``preexec_fn`` capping the child's address space (a hostile layer cannot eat the node)."""
+    """A ``preexec_fn`` capping the child's address space (a hostile layer cannot eat the node).
+
+    Only for processes started from a single-threaded parent: ``preexec_fn``
+    is not safe while other threads run (it crashed pytest once, in
+    ``judge``'s thread pool). Threaded callers use ``address_space_prefix``.
+    """
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     return apply
+
+
+def address_space_prefix(limit: int = AS_LIMIT) -> list[str]:
+    """The same cap as ``limit_address_space``, applied by util-linux ``prlimit`` before exec."""
+    return ["prlimit", f"--as={limit}", "--"]
 
 
 def processor_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -821,14 +831,13 @@ def run_processor(
     """
     started = time.monotonic()
     proc = subprocess.run(
-        processor_cmd(media_type, *args),
+        [*address_space_prefix(as_limit), *processor_cmd(media_type, *args)],
         input=data,
         stdout=stdout,
         stderr=subprocess.PIPE,
         env=processor_env(env),
         timeout=timeout,
         cwd=ROOT,
-        preexec_fn=limit_address_space(as_limit),
     )
     return Outcome(
         proc.returncode,
