@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 from stream_processor.errors import DataError
 from stream_processor.source import Source
+from stream_processor.zstd_codec import check_frame_budget
 
 GZIP_MAGIC = b"\x1f\x8b"
 IN_STEP = 64 * 1024
@@ -51,6 +52,7 @@ class GzipStats:
 
     members: int = 0
     backend: str = ""
+    out_bytes: int = 0
 
 
 def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:
@@ -75,9 +77,10 @@ def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:
             raise DataError(f"gzip: trailing data at offset {offset} is not a gzip member")
         if len(head) == 4 and head[3] & 0xE0:  # RFC 1952: reserved FLG bits must be zero
             raise DataError(f"gzip: member at offset {offset} sets reserved header flags")
+        check_frame_budget(stats.members, stats.out_bytes, offset, "gzip", "members")
         dobj = new()
         try:
-            pending = yield from _member(src, dobj, pending)
+            pending = yield from _member(src, dobj, pending, stats)
         except error as exc:
             raise DataError(f"gzip: corrupt member at offset {offset}: {exc}") from exc
         except zlib.error as exc:
@@ -87,7 +90,9 @@ def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:
         raise DataError("input is empty")
 
 
-def _member(src: Source, dobj: _Decompressor, pending: bytes) -> Generator[bytes, None, bytes]:
+def _member(
+    src: Source, dobj: _Decompressor, pending: bytes, stats: GzipStats
+) -> Generator[bytes, None, bytes]:
     """Decode one member; return the input bytes that follow it."""
     data: bytes | memoryview = pending
     while True:
@@ -97,6 +102,7 @@ def _member(src: Source, dobj: _Decompressor, pending: bytes) -> Generator[bytes
                 raise DataError("gzip: the input ends inside a member (truncated)")
         out = dobj.decompress(data, OUT_STEP)
         if out:
+            stats.out_bytes += len(out)
             yield out
         data = dobj.unconsumed_tail
         # A full-size result may leave output buffered inside the decompressor.
@@ -104,6 +110,7 @@ def _member(src: Source, dobj: _Decompressor, pending: bytes) -> Generator[bytes
             out = dobj.decompress(data, OUT_STEP)
             data = dobj.unconsumed_tail
             if out:
+                stats.out_bytes += len(out)
                 yield out
         if dobj.eof:
             return bytes(dobj.unused_data) + bytes(data)

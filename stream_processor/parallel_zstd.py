@@ -47,6 +47,7 @@ from stream_processor.zstd_codec import (
     FrameHeader,
     FrameObserver,
     ZstdStats,
+    check_frame_budget,
     decode_frame,
     read_frame_header,
     read_skippable,
@@ -190,6 +191,7 @@ class ParallelDecoder:
                 raise DataError(
                     f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
                 )
+            check_frame_budget(stats.frames + stats.skippable_frames, self.total_out, offset)
             magic = int.from_bytes(head[:4], "little")
             if magic == ZSTD_MAGIC:
                 header = read_frame_header(src, self.max_window_size)

@@ -35,6 +35,8 @@ BLOCK_MAX = 128 * 1024
 BLOCKS_PER_STEP = 8  # <= 1 MiB of output per decompress call
 MAX_FRAME_HEADER = 18
 DEFAULT_MAX_WINDOW = 1 << 27  # what `zstd -d` accepts without --long / --memory
+FRAME_ALLOWANCE = 4096  # frames any stream may hold, whatever its output
+MIN_FRAME_OUTPUT = 4096  # beyond the allowance, the average output a frame must carry
 SKIPPABLE_PAYLOAD_LIMIT = 64 << 20  # payloads an observer asks to read whole
 MAX_RECORDED_OFFSETS = 1 << 16  # ZstdStats lists keep the first ones only: bounded memory
 
@@ -72,8 +74,27 @@ class ZstdStats:
     """What the decoder saw; filled in as it goes."""
 
     frames: int = 0
+    skippable_frames: int = 0
     skippable: list[tuple[int, int, int]] = field(default_factory=list)  # (magic, offset, size)
     frame_offsets: list[int] = field(default_factory=list)
+
+
+def check_frame_budget(
+    frames: int, total_out: int, offset: int, codec: str = "zstd", unit: str = "frames"
+) -> None:
+    """Refuse a framing bomb: a stream of empty or tiny frames (or gzip members).
+
+    Each frame costs a few microseconds of Python however little it holds, so
+    100 MB of 9-byte empty frames would keep a node's CPU busy for minutes.
+    Any stream may hold ``FRAME_ALLOWANCE`` frames; beyond that, frames must
+    average at least ``MIN_FRAME_OUTPUT`` bytes of output (a seekable layer's
+    smallest chunk), which keeps the work proportional to the output.
+    """
+    if frames > FRAME_ALLOWANCE + total_out // MIN_FRAME_OUTPUT:
+        raise DataError(
+            f"{codec}: {frames} {unit} for only {total_out} bytes of output by offset {offset}: "
+            f"refusing a stream of empty or tiny {unit}"
+        )
 
 
 def _u32(view: memoryview | bytes, at: int = 0) -> int:
@@ -104,6 +125,7 @@ def decode_zstd(
             raise DataError(
                 f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
             )
+        check_frame_budget(stats.frames + stats.skippable_frames, total_out, offset)
         magic = _u32(head)
         if magic == ZSTD_MAGIC:
             size = 0
@@ -142,6 +164,7 @@ def read_skippable(
     if len(head) < 8:
         raise DataError(f"zstd: truncated skippable frame header at offset {offset}")
     size = _u32(head, 4)
+    stats.skippable_frames += 1
     if len(stats.skippable) < MAX_RECORDED_OFFSETS:
         stats.skippable.append((magic, offset, size))
     payload: bytes | None = None
