@@ -93,7 +93,7 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
         raise DataError("input is empty")
     result.compression = _check_compression(route, codecs.detect(head), head)
     widen_pipe(out_fd)
-    sink = HoldbackSink(out_fd)
+    sink = HoldbackSink(out_fd, background=True)
     payload = route.payload
     if route.compression is None and result.compression is Compression.NONE:
         payload = Payload.EROFS

@@ -5,6 +5,12 @@ trusts the digest of what it read. So the last ``hold`` bytes stay in memory
 until the caller says the whole input was good (``release``). Any failure
 before that leaves stdout short of the complete image, and the digest check
 rejects the layer. Chunks are queued without copying and written in batches.
+
+With ``background=True`` the batches are written by one writer thread, so
+decompression (libzstd and ISA-L release the GIL) goes on while a write
+waits for the reader: containerd's reader and the decoder then overlap
+instead of taking turns. At most ``WRITER_DEPTH`` batches are in flight, and
+a write error stops the decode at its next batch.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from collections import deque
+from collections.abc import Callable
+from queue import Queue
 
 from stream_processor.errors import InputOutputError, ReaderGone
 
@@ -22,15 +31,62 @@ DEFAULT_BATCH = 1 << 20
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _IOV_MAX = 1024
+WRITER_DEPTH = 4
+
+Batch = list[bytes | memoryview]
+
+
+class _BackgroundWriter:
+    """One thread that writes submitted batches in order; errors surface on the next call."""
+
+    def __init__(self, write: Callable[[Batch], None]) -> None:
+        self._write = write
+        self._queue: Queue[Batch | None] = Queue(WRITER_DEPTH)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            if self.error is None:  # after an error, keep taking batches so submit never blocks
+                try:
+                    self._write(batch)
+                except BaseException as exc:
+                    self.error = exc
+
+    def submit(self, batch: Batch) -> None:
+        self._check()
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until every submitted batch is written; raise the first write error."""
+        self._queue.put(None)
+        self._thread.join()
+        self._check()
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 class HoldbackSink:
     """Queue output, write all but the last ``hold`` bytes, release the rest on demand."""
 
-    def __init__(self, fd: int, hold: int = DEFAULT_HOLD, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self,
+        fd: int,
+        hold: int = DEFAULT_HOLD,
+        batch: int = DEFAULT_BATCH,
+        background: bool = False,
+    ) -> None:
         self._fd = fd
         self._hold = hold
         self._batch = batch
+        self._background = background
+        self._writer: _BackgroundWriter | None = None
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self.written = 0
@@ -44,20 +100,30 @@ class HoldbackSink:
             self._drain(self._hold)
 
     def release(self) -> None:
-        """Every check passed: write everything still held."""
+        """Every check passed: write everything still held, and wait until it is written."""
         self._drain(0)
+        if self._writer is not None:
+            self._writer.close()
 
     def _drain(self, keep: int) -> None:
         queue = self._queue
-        batch: list[bytes | memoryview] = []
+        batch: Batch = []
         while queue and self._queued - len(queue[0]) >= keep:
             chunk = queue.popleft()
             self._queued -= len(chunk)
             batch.append(chunk)
-        if batch:
+        if not batch:
+            return
+        if keep and self._background:  # the final release is written directly
+            if self._writer is None:
+                self._writer = _BackgroundWriter(self._write_all)
+            self._writer.submit(batch)
+        elif self._writer is not None:
+            self._writer.submit(batch)
+        else:
             self._write_all(batch)
 
-    def _write_all(self, batch: list[bytes | memoryview]) -> None:
+    def _write_all(self, batch: Batch) -> None:
         """Write ``batch`` with as few ``writev`` calls as the kernel allows."""
         views = [memoryview(chunk) for chunk in batch]
         first = 0
