@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import CONSUMER  # containerd's reader: 32 KiB reads, SHA-256, a file
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
 IMAGE = WORK / "seekable-usr-share.erofs"
@@ -41,23 +43,6 @@ LEVEL = 3
 UUID = "6e2c7f3a-1b1d-4c55-9a57-3f7c6a1d2e10"
 MEDIA_TYPE = "application/vnd.erofs.layer.v1+zstd"
 PY = [sys.executable, "-m", "stream_processor"]
-
-# containerd's erofs differ: 32 KiB reads from the processor's stdout through a
-# SHA-256 digester into the layer file.
-CONSUMER = f"""
-import hashlib, os, sys
-h = hashlib.sha256()
-fd = os.open({str(SINK)!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-read = sys.stdin.buffer.raw.read
-while True:
-    b = read(32768)
-    if not b:
-        break
-    h.update(b)
-    os.write(fd, b)
-os.close(fd)
-print(h.hexdigest())
-"""
 
 
 @dataclass
@@ -227,7 +212,7 @@ def main() -> int:
     c = {k: best(v) for k, v in cap.items()}
 
     # -- end to end: the containerd-like consumer --------------------------------------------
-    consumer = [sys.executable, "-c", CONSUMER]
+    consumer = [sys.executable, "-c", CONSUMER, str(SINK)]  # containerd-like reader
     e2e: dict[str, list[Run]] = {"zstd": [], "ours": [], "floor": []}
     for _ in range(max(1, rep - 2)):
         e2e["zstd"].append(timed([["zstd", "-dc"], consumer], BLOB, None))

@@ -38,6 +38,25 @@ PLAIN_PIECE = 1 << 20  # read size when no chunking is asked for
 HEAD_BYTES = 64 * 1024  # the largest EROFS block: enough to validate any superblock
 
 
+def chunk_size_option(
+    compression: Compression, chunk_size: int | None, no_chunk_table: bool
+) -> int | None:
+    """The chunk size ``pack_image`` should use for ``--chunk-size`` / ``--no-chunk-table``.
+
+    Shared by ``pack`` and ``convert``: chunking applies to zstd only, and the
+    two options exclude each other. ``None`` means a plain, table-less stream.
+    """
+    if compression is not Compression.ZSTD:
+        if chunk_size is not None or no_chunk_table:
+            raise UsageError("--chunk-size and --no-chunk-table apply to zstd only")
+        return None
+    if no_chunk_table:
+        if chunk_size is not None:
+            raise UsageError("--chunk-size and --no-chunk-table exclude each other")
+        return None
+    return int(chunk_size) if chunk_size is not None else DEFAULT_CHUNK_SIZE
+
+
 @dataclass(frozen=True)
 class PackResult:
     """What a manifest needs to reference the blob that was written."""

@@ -61,20 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
 
 
-def _chunk_size(args: argparse.Namespace, compression: Compression) -> int | None:
-    from stream_processor.pack import DEFAULT_CHUNK_SIZE
-
-    if compression is not Compression.ZSTD:
-        if args.chunk_size is not None or args.no_chunk_table:
-            raise UsageError("--chunk-size and --no-chunk-table apply to zstd only")
-        return None
-    if args.no_chunk_table:
-        if args.chunk_size is not None:
-            raise UsageError("--chunk-size and --no-chunk-table exclude each other")
-        return None
-    return int(args.chunk_size) if args.chunk_size is not None else DEFAULT_CHUNK_SIZE
-
-
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
@@ -84,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.layers import LayerSettings
     from stream_processor.convert.progress import Progress
     from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES
+    from stream_processor.pack import chunk_size_option
 
     compression = Compression(args.compression)
     if args.jobs < 0:
@@ -92,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--work-dir {args.work_dir} is not a directory")
     settings = LayerSettings(
         compression=compression,
-        chunk_size=_chunk_size(args, compression),
+        chunk_size=chunk_size_option(compression, args.chunk_size, args.no_chunk_table),
         level=args.level,
         max_layer_bytes=args.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
     )

@@ -13,7 +13,7 @@ from typing import BinaryIO, TextIO
 from stream_processor.commands.decode import parse_size
 from stream_processor.errors import InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
-from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackResult, build_image, pack_image
+from stream_processor.pack import PackResult, build_image, chunk_size_option, pack_image
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,18 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def _chunk_size(args: argparse.Namespace, compression: Compression) -> int | None:
-    if compression is not Compression.ZSTD:
-        if args.chunk_size is not None or args.no_chunk_table:
-            raise UsageError("--chunk-size and --no-chunk-table apply to zstd only")
-        return None
-    if args.no_chunk_table:
-        if args.chunk_size is not None:
-            raise UsageError("--chunk-size and --no-chunk-table exclude each other")
-        return None
-    return int(args.chunk_size) if args.chunk_size is not None else DEFAULT_CHUNK_SIZE
-
-
 def _pack_file(image_path: Path, args: argparse.Namespace, compression: Compression) -> PackResult:
     try:
         image = open(image_path, "rb")  # noqa: SIM115 - closed below
@@ -82,7 +70,7 @@ def _pack_file(image_path: Path, args: argparse.Namespace, compression: Compress
 
 
 def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compression) -> PackResult:
-    chunk_size = _chunk_size(args, compression)
+    chunk_size = chunk_size_option(compression, args.chunk_size, args.no_chunk_table)
     threads = max(1, int(args.threads))
     if args.output == "-":
         return pack_image(
