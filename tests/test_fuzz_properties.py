@@ -270,10 +270,11 @@ def test_forged_superblocks_never_buffer_the_stream(seeds: list[rh.Seed]) -> Non
     """
     image = _by_name(seeds, "raw").data
     tail = zstandard.ZstdCompressor(level=1).compress(bytes(768 << 20))
-    head_cctx = zstandard.ZstdCompressor(level=1, write_checksum=True)
 
     def judge(forgery: tuple[str, int, str, int]) -> str | None:
         label, at, fmt, value = forgery
+        # One compressor per call: ZstdCompressor objects must not be shared between threads.
+        head_cctx = zstandard.ZstdCompressor(level=1, write_checksum=True)
         data = head_cctx.compress(rh.forge_superblock(image, at, fmt, value)) + tail
         outcome = rh.run_processor(
             data, rh.ZSTD_ROUTE, as_limit=512 << 20, stdout=subprocess.DEVNULL
