@@ -40,18 +40,13 @@ from stream_processor.errors import DataError
 from stream_processor.source import Source
 from stream_processor.zstd_codec import (
     DEFAULT_MAX_WINDOW,
-    MAX_RECORDED_OFFSETS,
-    SKIPPABLE_MAGIC,
-    SKIPPABLE_MASK,
-    ZSTD_MAGIC,
     FrameHeader,
     FrameObserver,
     ZstdStats,
-    check_frame_budget,
     decode_frame,
     read_frame_header,
-    read_skippable,
     read_whole_frame,
+    walk_frames,
 )
 
 if TYPE_CHECKING:  # concurrent.futures costs ~6 ms to import: only when a pool starts
@@ -166,8 +161,6 @@ class ParallelDecoder:
         self.pool: ThreadPoolExecutor | None = None
         self.pending: deque[_Job] = deque()
         self.pending_bytes = 0  # declared content of the pending frames
-        self.index = 0
-        self.total_out = 0
 
     def run(self) -> Iterator[bytes]:
         try:
@@ -182,56 +175,24 @@ class ParallelDecoder:
     def _frames(self) -> Iterator[bytes]:
         src, stats = self.src, self.stats
         dctx: zstandard.ZstdDecompressor | None = None
-        while True:
-            head = src.peek(8)
-            if not head:
-                break
-            offset = src.position
-            if len(head) < 4:
-                raise DataError(
-                    f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
-                )
-            check_frame_budget(stats.frames + stats.skippable_frames, self.total_out, offset)
-            magic = int.from_bytes(head[:4], "little")
-            if magic == ZSTD_MAGIC:
-                header = read_frame_header(src, self.max_window_size)
-                size = header.content_size
-                # The first frame always streams: a single-frame layer never buffers a
-                # frame nor starts a pool. From the second frame on, chunks go to the pool.
-                if self.index > 0 and size is not None and size <= self.max_frame:
-                    yield from self._queue(self._collect(header))
-                    continue
-                yield from self._drain(0)
-                if dctx is None:
-                    dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window_size)
-                for chunk in decode_frame(
-                    src, dctx, self.index, self.max_window_size, self.observer
-                ):
-                    self.total_out += len(chunk)
-                    yield chunk
-                self._count(offset)
-            elif (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC:
-                read_skippable(src, magic, offset, self.observer, stats)
-            elif self.index == 0 and not stats.skippable:
-                raise DataError("input is not zstd (no zstd frame magic at the start)")
-            else:
-                raise DataError(
-                    f"zstd: trailing data at offset {offset} is neither a zstd frame "
-                    "nor a skippable frame"
-                )
+        for offset in walk_frames(src, self.observer, stats):
+            header = read_frame_header(src, self.max_window_size)
+            size = header.content_size
+            # The first frame always streams: a single-frame layer never buffers a
+            # frame nor starts a pool. From the second frame on, chunks go to the pool.
+            if stats.frames > 0 and size is not None and size <= self.max_frame:
+                yield from self._queue(self._collect(header))
+                continue
+            yield from self._drain(0)
+            if dctx is None:
+                dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window_size)
+            for chunk in decode_frame(src, dctx, stats.frames, self.max_window_size, self.observer):
+                stats.out_bytes += len(chunk)
+                yield chunk
+            stats.count_frame(offset)
         yield from self._drain(0)
-        if self.index == 0:
-            if stats.skippable:
-                raise DataError("zstd: the stream holds no data frame, only skippable frames")
-            raise DataError("input is empty")
         if self.observer is not None:
-            self.observer.finish(self.total_out, src.position)
-
-    def _count(self, offset: int) -> None:
-        if len(self.stats.frame_offsets) < MAX_RECORDED_OFFSETS:
-            self.stats.frame_offsets.append(offset)
-        self.index += 1
-        self.stats.frames = self.index
+            self.observer.finish(stats.out_bytes, src.position)
 
     def _collect(self, header: FrameHeader) -> _Job:
         """Consume one frame whole; tell the observer it started."""
@@ -239,12 +200,17 @@ class ParallelDecoder:
         data = read_whole_frame(self.src, header, compressed_bound(header.content_size))
         algorithm = None
         if self.observer is not None:
-            self.observer.frame_start(self.index, header.offset, header.content_size)
+            self.observer.frame_start(self.stats.frames, header.offset, header.content_size)
             algorithm = self.observer.digest_algorithm(header.content_size)
         job = _Job(
-            self.index, header.offset, self.src.position, header.content_size, data, algorithm
+            self.stats.frames,
+            header.offset,
+            self.src.position,
+            header.content_size,
+            data,
+            algorithm,
         )
-        self._count(header.offset)
+        self.stats.count_frame(header.offset)
         return job
 
     def _queue(self, job: _Job) -> Iterator[bytes]:
@@ -278,7 +244,7 @@ class ParallelDecoder:
                 if digest is not None:
                     self.observer.frame_digest(job.index, digest)
                 self.observer.frame_end(job.index, job.end_offset, len(out))
-            self.total_out += len(out)
+            self.stats.out_bytes += len(out)
             yield out
 
 

@@ -75,8 +75,15 @@ class ZstdStats:
 
     frames: int = 0
     skippable_frames: int = 0
+    out_bytes: int = 0
     skippable: list[tuple[int, int, int]] = field(default_factory=list)  # (magic, offset, size)
     frame_offsets: list[int] = field(default_factory=list)
+
+    def count_frame(self, offset: int) -> None:
+        """A data frame starting at ``offset`` has been consumed."""
+        if len(self.frame_offsets) < MAX_RECORDED_OFFSETS:
+            self.frame_offsets.append(offset)
+        self.frames += 1
 
 
 def check_frame_budget(
@@ -101,6 +108,42 @@ def _u32(view: memoryview | bytes, at: int = 0) -> int:
     return int.from_bytes(view[at : at + 4], "little")
 
 
+def walk_frames(src: Source, observer: FrameObserver | None, stats: ZstdStats) -> Iterator[int]:
+    """Walk the stream's framing: yield the offset of each zstd data frame.
+
+    The caller consumes the frame (and ``stats.count_frame``s it) before asking
+    for the next. Skippable frames are consumed here; stray bytes, anything that
+    is not zstd, framing bombs and a stream without data frames are refused.
+    Shared by the streaming decoder below and ``parallel_zstd``.
+    """
+    while True:
+        head = src.peek(8)
+        if not head:
+            break
+        offset = src.position
+        if len(head) < 4:
+            raise DataError(
+                f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
+            )
+        check_frame_budget(stats.frames + stats.skippable_frames, stats.out_bytes, offset)
+        magic = _u32(head)
+        if magic == ZSTD_MAGIC:
+            yield offset
+        elif (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC:
+            read_skippable(src, magic, offset, observer, stats)
+        elif stats.frames == 0 and not stats.skippable:
+            raise DataError("input is not zstd (no zstd frame magic at the start)")
+        else:
+            raise DataError(
+                f"zstd: trailing data at offset {offset} is neither a zstd frame "
+                "nor a skippable frame"
+            )
+    if stats.frames == 0:
+        if stats.skippable:
+            raise DataError("zstd: the stream holds no data frame, only skippable frames")
+        raise DataError("input is empty")
+
+
 def decode_zstd(
     src: Source,
     *,
@@ -115,42 +158,13 @@ def decode_zstd(
     """
     stats = stats if stats is not None else ZstdStats()
     dctx = zstandard.ZstdDecompressor(max_window_size=max_window_size)
-    total_out = 0
-    while True:
-        head = src.peek(8)
-        if not head:
-            break
-        offset = src.position
-        if len(head) < 4:
-            raise DataError(
-                f"zstd: {len(head)} stray bytes at offset {offset} after the last frame"
-            )
-        check_frame_budget(stats.frames + stats.skippable_frames, total_out, offset)
-        magic = _u32(head)
-        if magic == ZSTD_MAGIC:
-            size = 0
-            for chunk in decode_frame(src, dctx, stats.frames, max_window_size, observer):
-                size += len(chunk)
-                yield chunk
-            if len(stats.frame_offsets) < MAX_RECORDED_OFFSETS:
-                stats.frame_offsets.append(offset)
-            stats.frames += 1
-            total_out += size
-        elif (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC:
-            read_skippable(src, magic, offset, observer, stats)
-        elif stats.frames == 0 and not stats.skippable:
-            raise DataError("input is not zstd (no zstd frame magic at the start)")
-        else:
-            raise DataError(
-                f"zstd: trailing data at offset {offset} is neither a zstd frame "
-                "nor a skippable frame"
-            )
-    if stats.frames == 0:
-        if stats.skippable:
-            raise DataError("zstd: the stream holds no data frame, only skippable frames")
-        raise DataError("input is empty")
+    for offset in walk_frames(src, observer, stats):
+        for chunk in decode_frame(src, dctx, stats.frames, max_window_size, observer):
+            stats.out_bytes += len(chunk)
+            yield chunk
+        stats.count_frame(offset)
     if observer is not None:
-        observer.finish(total_out, src.position)
+        observer.finish(stats.out_bytes, src.position)
 
 
 def read_skippable(
