@@ -141,7 +141,13 @@ def parse(head: Buffer) -> Superblock:
 
 
 def required_head(head: Buffer) -> int:
-    """How many leading bytes ``validate`` needs: the whole first block (at least 1024+128)."""
+    """How many leading bytes ``validate`` needs: the whole first block (at least 1024+128).
+
+    While ``head`` is shorter than the superblock itself the answer is the
+    superblock's end; ask again once that much has arrived.
+    """
+    if len(head) < SUPERBLOCK_OFFSET + BASE_SIZE:
+        return SUPERBLOCK_OFFSET + BASE_SIZE
     sb = parse(head)
     if sb.blkszbits > MAX_HEAD_BLKSZBITS:
         # validate() refuses this block size; never buffer 2^blkszbits bytes to find out.

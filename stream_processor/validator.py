@@ -106,10 +106,6 @@ class ImageGate:
         head = b"".join(self._head)
         if self._kind is None and self.superblock is None:
             if superblock.has_magic(head):
-                if len(head) < superblock.SUPERBLOCK_OFFSET + superblock.BASE_SIZE and not final:
-                    self._need = superblock.SUPERBLOCK_OFFSET + superblock.BASE_SIZE
-                    self._head = [head]
-                    return
                 self._need = superblock.required_head(head)
                 if len(head) < self._need and not final:
                     self._head = [head]
