@@ -114,11 +114,11 @@ class HoldbackSink:
             batch.append(chunk)
         if not batch:
             return
-        if keep and self._background:  # the final release is written directly
-            if self._writer is None:
-                self._writer = _BackgroundWriter(self._write_all)
-            self._writer.submit(batch)
-        elif self._writer is not None:
+        if self._writer is None and self._background and keep:
+            # Started by the first batch before the end: a layer that fits in the
+            # held-back tail is written directly at release, with no thread.
+            self._writer = _BackgroundWriter(self._write_all)
+        if self._writer is not None:
             self._writer.submit(batch)
         else:
             self._write_all(batch)

@@ -116,12 +116,11 @@ def run(args: argparse.Namespace) -> int:
     if config.fmt not in log.FORMATS:
         raise UsageError(f"unknown log format {config.fmt!r}; use json or logfmt")
     media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
-    if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0))
+    threads = args.threads or len(os.sched_getaffinity(0))
     signal.signal(signal.SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     options = DecodeOptions(
-        media_type, args.max_output_bytes, args.max_window_size, threads=args.threads
+        media_type, args.max_output_bytes, args.max_window_size, threads=threads
     )
     result = DecodeResult(media_type)
 
