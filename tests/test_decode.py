@@ -20,6 +20,7 @@ import zstandard
 
 from stream_processor import mediatypes as mt
 from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
+from tests.test_superblock import patch_superblock
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
 
@@ -185,11 +186,15 @@ def test_appended_data_is_allowed_and_logged(erofs_bytes: bytes, tmp_path: Path)
 
 
 def test_empty_input() -> None:
-    assert_failed(run_cli(stdin=b"", env={ENV: mt.EROFS_LAYER_ZSTD}), 65, "input is empty")
+    proc = run_cli(stdin=b"", env={ENV: mt.EROFS_LAYER_ZSTD})
+    assert_failed(proc, 65, "input is empty")
+    assert proc.stdout == b""
 
 
 def test_unknown_media_type_is_a_usage_error(erofs_bytes: bytes) -> None:
-    line = assert_failed(run_cli(stdin=zstd_cli(erofs_bytes), env={ENV: "application/x-foo"}), 2)
+    proc = run_cli(stdin=zstd_cli(erofs_bytes), env={ENV: "application/x-foo"})
+    line = assert_failed(proc, 2)
+    assert proc.stdout == b""
     assert "application/x-foo" in line and mt.EROFS_LAYER_ZSTD in line
 
 
@@ -202,6 +207,7 @@ def test_declared_zstd_but_gzip_names_both(erofs_bytes: bytes) -> None:
 def test_declared_gzip_but_raw_names_what_arrived(sample_tree: Path) -> None:
     proc = run_cli(stdin=tar_bytes(sample_tree), env={ENV: mt.EROFS_LAYER_GZIP})
     assert_failed(proc, 65, "says gzip", "tar archive")
+    assert proc.stdout == b""
 
 
 def test_tar_on_an_erofs_route_is_named_by_libmagic(sample_tree: Path) -> None:
@@ -272,6 +278,7 @@ def test_trailing_garbage_after_zstd(erofs_bytes: bytes) -> None:
 def test_truncated_skippable_frame(erofs_bytes: bytes) -> None:
     proc = run_cli(stdin=zstd_cli(erofs_bytes) + skippable(b"x" * 100)[:50])
     assert_failed(proc, 65, "skippable frame", "truncated")
+    assert proc.stdout == b""  # the whole ~200 KiB image is inside the held-back tail
 
 
 def test_gzip_crc_mismatch(erofs_bytes: bytes) -> None:
@@ -287,6 +294,7 @@ def test_gzip_isize_mismatch(erofs_bytes: bytes) -> None:
     blob[-1] ^= 0x01  # ISIZE
     proc = run_cli(stdin=bytes(blob), env={ENV: mt.EROFS_LAYER_GZIP})
     assert_failed(proc, 65, "gzip")
+    assert proc.stdout == b""
 
 
 def test_truncated_gzip(medium_image: bytes) -> None:
@@ -299,6 +307,7 @@ def test_truncated_gzip(medium_image: bytes) -> None:
 def test_trailing_garbage_after_gzip(erofs_bytes: bytes) -> None:
     proc = run_cli(stdin=gzip.compress(erofs_bytes) + b"junk", env={ENV: mt.EROFS_LAYER_GZIP})
     assert_failed(proc, 65, "trailing data", "not a gzip member")
+    assert proc.stdout == b""
 
 
 def test_decompression_bomb_is_stopped(erofs_bytes: bytes) -> None:
@@ -318,7 +327,30 @@ def test_zstd_window_is_bounded(medium_image: bytes) -> None:
     assert run_cli(stdin=blob).returncode == 0
     proc = run_cli(["--max-window-size", "1MiB"], stdin=blob)
     assert_failed(proc, 65, "window")
+    assert proc.stdout == b""
 
 
 def test_only_skippable_frames() -> None:
-    assert_failed(run_cli(stdin=skippable(b"abc")), 65, "no data frame")
+    proc = run_cli(stdin=skippable(b"abc"))
+    assert_failed(proc, 65, "no data frame")
+    assert proc.stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "words"),
+    [
+        (0x0C, "<B", 17, "block size 2^17"),
+        (0x0C, "<B", 8, "block size 2^8"),
+        (0x50, "<I", 0x8000, "unknown incompatible features 0x8000"),
+        (0x0D, "<B", 255, "do not fit"),
+        (0x24, "<I", 0, "claims 0 blocks"),
+    ],
+)
+def test_unmountable_superblocks_are_refused(
+    erofs_bytes: bytes, offset: int, fmt: str, value: int, words: str
+) -> None:
+    """Checksum resealed, so each field is the only thing wrong: nothing reaches stdout."""
+    bad = patch_superblock(erofs_bytes, offset, fmt, value)
+    proc = run_cli(stdin=zstd_cli(bad), env={ENV: mt.EROFS_LAYER_ZSTD})
+    assert_failed(proc, 65, words)
+    assert proc.stdout == b""

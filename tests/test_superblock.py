@@ -11,7 +11,10 @@ from stream_processor.errors import DataError
 from tests.conftest import FIXED_UUID
 
 
-def _patch(image: bytes, offset: int, fmt: str, value: int, fix_checksum: bool = True) -> bytes:
+def patch_superblock(
+    image: bytes, offset: int, fmt: str, value: int, fix_checksum: bool = True
+) -> bytes:
+    """``image`` with one superblock field set, its CRC32C resealed unless asked not to."""
     data = bytearray(image)
     struct.pack_into(fmt, data, sb.SUPERBLOCK_OFFSET + offset, value)
     if fix_checksum:
@@ -39,7 +42,7 @@ def test_real_image_validates(erofs_bytes: bytes) -> None:
 
 
 def test_checksum_mismatch_is_named(erofs_bytes: bytes) -> None:
-    bad = _patch(erofs_bytes, 0x10, "<Q", 99999, fix_checksum=False)
+    bad = patch_superblock(erofs_bytes, 0x10, "<Q", 99999, fix_checksum=False)
     with pytest.raises(DataError, match="checksum mismatch"):
         sb.validate(bad)
 
@@ -53,19 +56,19 @@ def test_bad_magic(erofs_bytes: bytes) -> None:
 
 @pytest.mark.parametrize("bits", [8, 17, 30])
 def test_block_size_outside_kernel_range(erofs_bytes: bytes, bits: int) -> None:
-    bad = _patch(erofs_bytes, 0x0C, "<B", bits, fix_checksum=False)
+    bad = patch_superblock(erofs_bytes, 0x0C, "<B", bits, fix_checksum=False)
     with pytest.raises(DataError, match="block size"):
         sb.validate(bad, page_shift=12)
 
 
 def test_unknown_incompat_feature(erofs_bytes: bytes) -> None:
-    bad = _patch(erofs_bytes, 0x50, "<I", 0x8000)
+    bad = patch_superblock(erofs_bytes, 0x50, "<I", 0x8000)
     with pytest.raises(DataError, match="unknown incompatible features 0x8000"):
         sb.validate(bad)
 
 
 def test_superblock_must_fit_first_block(erofs_bytes: bytes) -> None:
-    bad = _patch(erofs_bytes, 0x0D, "<B", 255)  # 128 + 16*255 bytes > 4096 - 1024
+    bad = patch_superblock(erofs_bytes, 0x0D, "<B", 255)  # 128 + 16*255 bytes > 4096 - 1024
     with pytest.raises(DataError, match="do not fit"):
         sb.validate(bad)
 
@@ -76,6 +79,6 @@ def test_too_short(erofs_bytes: bytes) -> None:
 
 
 def test_image_without_checksum_feature_validates(erofs_bytes: bytes) -> None:
-    data = _patch(erofs_bytes, 0x08, "<I", 0x2, fix_checksum=False)  # MTIME only
-    data = _patch(data, 0x04, "<I", 0xDEADBEEF, fix_checksum=False)
+    data = patch_superblock(erofs_bytes, 0x08, "<I", 0x2, fix_checksum=False)  # MTIME only
+    data = patch_superblock(data, 0x04, "<I", 0xDEADBEEF, fix_checksum=False)
     assert not sb.validate(data).has_checksum
