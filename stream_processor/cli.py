@@ -51,8 +51,20 @@ commands:
 """
 
 
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: argparse would otherwise import ``shutil`` and ask the
+    terminal its size for every ``add_argument``, on every layer's start-up."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+
+
 class Command(Protocol):
-    """What every ``stream_processor.commands`` module provides."""
+    """What every ``stream_processor.commands`` module provides.
+
+    A module may also offer ``parse_fast(argv) -> Namespace | None`` to skip
+    building an argparse parser for its usual command lines (decode does).
+    """
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
@@ -84,12 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     name, rest = _split(args_in)
     command: Command = importlib.import_module(COMMANDS[name])
-    parser = argparse.ArgumentParser(prog=f"{PROG} {name}" if name != "decode" else PROG)
-    command.add_arguments(parser)
-    try:
-        args = parser.parse_args(rest)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    parse_fast = getattr(command, "parse_fast", None)
+    args = parse_fast(rest) if parse_fast is not None else None
+    if args is None:
+        parser = argparse.ArgumentParser(
+            prog=f"{PROG} {name}" if name != "decode" else PROG, formatter_class=_Formatter
+        )
+        command.add_arguments(parser)
+        try:
+            args = parser.parse_args(rest)
+        except SystemExit as exc:  # argparse already printed its one-line usage error
+            return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return command.run(args)
     except ProcessorError as exc:

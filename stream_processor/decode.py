@@ -9,7 +9,6 @@ and the gate's final checks passed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from stream_processor import compression as codecs
 from stream_processor import mediatypes
@@ -20,28 +19,37 @@ from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
 
+# Plain classes, not dataclasses, on the decode path: importing ``dataclasses``
+# (and the ``inspect`` it pulls in) costs ~7 ms of every layer's start-up.
 
-@dataclass
+
 class DecodeOptions:
     """Knobs of one decode. ``media_type=None`` means detect the compression."""
 
-    media_type: str | None = None
-    max_output_bytes: int = DEFAULT_MAX_OUTPUT
-    max_window_size: int = DEFAULT_MAX_WINDOW
-    threads: int = 1  # > 1: independent zstd frames decode on this many threads
+    def __init__(
+        self,
+        media_type: str | None = None,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT,
+        max_window_size: int = DEFAULT_MAX_WINDOW,
+        threads: int = 1,  # > 1: independent zstd frames decode on this many threads
+    ) -> None:
+        self.media_type = media_type
+        self.max_output_bytes = max_output_bytes
+        self.max_window_size = max_window_size
+        self.threads = threads
 
 
-@dataclass
 class DecodeResult:
     """What was decoded; the log record is made from this."""
 
-    media_type: str | None
-    compression: Compression | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    verdict: Verdict | None = None
-    zstd: ZstdStats = field(default_factory=ZstdStats)
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, media_type: str | None) -> None:
+        self.media_type = media_type
+        self.compression: Compression | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.verdict: Verdict | None = None
+        self.zstd = ZstdStats()
+        self.notes: list[str] = []
 
 
 def _check_compression(route: mediatypes.Route, found: Compression, head: bytes) -> Compression:

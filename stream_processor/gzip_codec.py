@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from stream_processor.errors import DataError
@@ -77,13 +76,13 @@ def _backend() -> tuple[Callable[[], _Decompressor], type[Exception], str]:
     return (lambda: igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)), error, "isal"
 
 
-@dataclass
 class GzipStats:
     """What the decoder saw."""
 
-    members: int = 0
-    backend: str = ""
-    out_bytes: int = 0
+    def __init__(self) -> None:
+        self.members = 0
+        self.backend = ""
+        self.out_bytes = 0
 
 
 def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ENV_FILE = "EROFS_SP_LOG_FILE"
 ENV_FORMAT = "EROFS_SP_LOG_FORMAT"
@@ -26,8 +25,7 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 FORMATS = ("json", "logfmt")
 
 
-@dataclass(frozen=True)
-class LogConfig:
+class LogConfig(NamedTuple):
     """Where and how to log; built from options, falling back to the environment."""
 
     path: str | None = None

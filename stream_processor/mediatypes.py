@@ -8,8 +8,8 @@ containerd 2.3 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from stream_processor.errors import UsageError
 
@@ -39,8 +39,7 @@ class Payload(Enum):
     EROFS_OR_TAR = "erofs-or-tar"  # shared tar route: EROFS (validated) or tar (passed through)
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """The decision for one media type. ``compression is None`` means: detect it."""
 
     media_type: str | None

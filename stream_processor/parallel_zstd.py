@@ -31,7 +31,6 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zstandard
@@ -102,15 +101,25 @@ def tune_malloc() -> None:
         return
 
 
-@dataclass
 class _Job:
-    index: int
-    offset: int
-    end_offset: int
-    content_size: int
-    data: bytearray
-    algorithm: str | None
-    future: Future[tuple[bytes, bytes | None]] | None = None
+    """One pooled frame: its bytes, where it was, and the worker's future result."""
+
+    def __init__(
+        self,
+        index: int,
+        offset: int,
+        end_offset: int,
+        content_size: int,
+        data: bytearray,
+        algorithm: str | None,
+    ) -> None:
+        self.index = index
+        self.offset = offset
+        self.end_offset = end_offset
+        self.content_size = content_size
+        self.data = data
+        self.algorithm = algorithm
+        self.future: Future[tuple[bytes, bytes | None]] | None = None
 
 
 class _Worker:

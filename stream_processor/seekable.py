@@ -26,7 +26,7 @@ import hashlib
 import struct
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stream_processor.errors import DataError
 
@@ -52,11 +52,10 @@ ANNOTATION_VERITY_ROOT = "dev.containerd.erofs.dmverity.root_digest"
 VERITY_SIGNATURE = b"verity\0\0"  # first bytes of a dm-verity superblock
 
 
-@dataclass(frozen=True)
-class Chunk:
+class Chunk(NamedTuple):
     """One chunk as a table describes it, whatever the table's layout."""
 
-    index: int
+    number: int  # the chunk's position in the table
     compressed_offset: int  # blob offset of the chunk's zstd frame
     uncompressed_offset: int
     uncompressed_size: int
@@ -241,8 +240,7 @@ def describe_skippable(magic: int, head: bytes) -> str:
     return f"unknown (magic 0x{magic:08x})"
 
 
-@dataclass(frozen=True)
-class SeenFrame:
+class SeenFrame(NamedTuple):
     """A zstd frame as the decoder met it (``-1``: not known yet)."""
 
     offset: int

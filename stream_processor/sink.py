@@ -22,7 +22,6 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable
-from queue import Queue
 
 from stream_processor.errors import InputOutputError, ReaderGone
 
@@ -40,6 +39,8 @@ class _BackgroundWriter:
     """One thread that writes submitted batches in order; errors surface on the next call."""
 
     def __init__(self, write: Callable[[Batch], None]) -> None:
+        from queue import Queue  # only layers larger than the held-back tail need it
+
         self._write = write
         self._queue: Queue[Batch | None] = Queue(WRITER_DEPTH)
         self.error: BaseException | None = None

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from stream_processor.errors import DataError
 
@@ -68,8 +67,7 @@ def crc32c(data: Buffer, crc: int = 0xFFFFFFFF) -> int:
     return crc
 
 
-@dataclass(frozen=True)
-class Superblock:
+class Superblock(NamedTuple):
     """The fields of an EROFS superblock that a user or a validator cares about."""
 
     checksum: int
@@ -106,6 +104,8 @@ class Superblock:
 
     @property
     def uuid_str(self) -> str:
+        import uuid  # only inspect shows it: keep it off the decoder's start-up
+
         return str(uuid.UUID(bytes=self.uuid))
 
     @property

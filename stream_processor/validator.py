@@ -8,7 +8,6 @@ until ``finish`` has passed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 from stream_processor import superblock
@@ -58,13 +57,13 @@ def is_tar_header(block: bytes) -> bool:
     return computed == expected
 
 
-@dataclass
 class Verdict:
     """What passed through the gate."""
 
-    kind: Kind
-    size: int
-    superblock: superblock.Superblock | None = None
+    def __init__(self, kind: Kind, size: int, sb: superblock.Superblock | None = None) -> None:
+        self.kind = kind
+        self.size = size
+        self.superblock = sb
 
     @property
     def extra_bytes(self) -> int:

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import zstandard
 
@@ -69,15 +68,15 @@ class FrameObserver(Protocol):
     def finish(self, total_out: int, end_offset: int) -> None: ...
 
 
-@dataclass
 class ZstdStats:
     """What the decoder saw; filled in as it goes."""
 
-    frames: int = 0
-    skippable_frames: int = 0
-    out_bytes: int = 0
-    skippable: list[tuple[int, int, int]] = field(default_factory=list)  # (magic, offset, size)
-    frame_offsets: list[int] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.frames = 0
+        self.skippable_frames = 0
+        self.out_bytes = 0
+        self.skippable: list[tuple[int, int, int]] = []  # (magic, offset, size), capped
+        self.frame_offsets: list[int] = []  # capped at MAX_RECORDED_OFFSETS
 
     def count_frame(self, offset: int) -> None:
         """A data frame starting at ``offset`` has been consumed."""
@@ -210,8 +209,7 @@ def read_skippable(
         observer.skippable(magic, offset, size, payload)
 
 
-@dataclass(frozen=True)
-class FrameHeader:
+class FrameHeader(NamedTuple):
     """A checked zstd frame header: where the frame starts and what it declares."""
 
     offset: int

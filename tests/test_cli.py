@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -11,10 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import zstandard
 
 from stream_processor import mediatypes as mt
 from stream_processor.cli import main
+from stream_processor.commands import decode as decode_command
 from stream_processor.commands.decode import parse_size
 from tests.conftest import ROOT, make_tree, mkfs_erofs, run_cli
 
@@ -38,6 +41,39 @@ def test_parse_size() -> None:
     assert parse_size("64G") == 64 << 30
     assert parse_size("512") == 512
     assert parse_size("8k") == 8192
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--media-type", mt.EROFS_LAYER_ZSTD],
+        ["--media-type=" + mt.OCI_LAYER_TAR_GZIP, "--threads", "2", "--max-output-bytes", "8MiB"],
+        ["--log-file", "/tmp/x.log", "--log-format=logfmt", "--log-level", "info"],
+        ["--max-window-size", "1MiB", "--threads=1", "--threads", "3"],
+    ],
+)
+def test_fast_parse_agrees_with_argparse(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    decode_command.add_arguments(parser)
+    assert decode_command.parse_fast(argv) == parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--media"],  # an abbreviation: argparse's business
+        ["--threads", "0"],
+        ["--log-format", "xml"],
+        ["--max-output-bytes", "lots"],
+        ["--media-type"],
+        ["--media-type", "--threads"],
+        ["--bogus", "1"],
+    ],
+)
+def test_fast_parse_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    assert decode_command.parse_fast(argv) is None
 
 
 def test_in_process_main_returns_exit_codes() -> None:
