@@ -11,13 +11,12 @@ directory must then hold exactly what an overlay lower layer holds:
   0/0 called ``NAME`` (mode 0, the header's owner), ``.wh..wh..opq`` becomes
   the xattr ``trusted.overlay.opaque=y`` on its directory.
 
-A layer is untrusted input. Entries are refused, naming the entry, when they
-are absolute, contain ``..``, go through a symlink (or a non-directory), name
-a path twice, hard-link to something outside what this layer created, or
-declare more bytes than the layer budget or the free disk space. Because
-every path component below the root was created by this module and is known
-not to be a symlink, nothing is ever written outside the root; files are
-still opened with ``O_NOFOLLOW | O_EXCL`` as a second guard.
+A layer is untrusted input: ``namespace.LayerNamespace`` checks each entry
+before anything is written (escapes, symlinks, duplicates, hard links, the
+byte budget); this module adds the check against the free disk space.
+Because every path component below the root was created by this module and
+is known not to be a symlink, nothing is ever written outside the root;
+files are still opened with ``O_NOFOLLOW | O_EXCL`` as a second guard.
 
 Directory modes and mtimes are applied last (deepest first), since creating
 entries inside a directory changes its mtime and a read-only mode would stop
@@ -34,18 +33,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from stream_processor.convert.namespace import (
+    DEFAULT_MAX_LAYER_BYTES,
+    Action,
+    LayerNamespace,
+    Plan,
+    clean_name,
+)
 from stream_processor.convert.tarstream import Entry, TarReader
 from stream_processor.errors import DataError, InputOutputError
 
-WHITEOUT_PREFIX = ".wh."
-WHITEOUT_META_PREFIX = ".wh..wh."
-WHITEOUT_OPAQUE = ".wh..wh..opq"
+__all__ = ["DEFAULT_MAX_LAYER_BYTES", "ExtractStats", "clean_name", "extract_layer"]
+
 OPAQUE_XATTR = "trusted.overlay.opaque"
-DEFAULT_MAX_LAYER_BYTES = 64 << 30
 COPY_SIZE = 1 << 20
 FREE_CHECK_SIZE = 1 << 20  # files at least this big are checked against the free space
-
-_DIR, _FILE, _LINK, _OTHER = "dir", "file", "symlink", "other"
 
 
 @dataclass
@@ -71,26 +73,9 @@ class _DirMeta:
 @dataclass
 class _State:
     root: str  # a plain string: pathlib costs more than the syscalls on small files
-    max_bytes: int
-    kinds: dict[str, str] = field(default_factory=dict)
+    names: LayerNamespace
     dirs: dict[str, _DirMeta] = field(default_factory=dict)
     stats: ExtractStats = field(default_factory=ExtractStats)
-    budget_used: int = 0
-
-
-def clean_name(name: str, what: str = "entry") -> str:
-    """The layer-relative path of a tar name, or ``DataError`` if it would escape.
-
-    ``./a//b/`` -> ``a/b``; ``.`` and ``./`` -> ``""`` (the layer root).
-    """
-    if name.startswith("/"):
-        raise DataError(f"tar {what} {name!r} is an absolute path; refusing to unpack it")
-    if "\0" in name:
-        raise DataError(f"tar {what} {name!r} contains a NUL byte")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise DataError(f"tar {what} {name!r} climbs out of the layer with '..'")
-    return "/".join(parts)
 
 
 def extract_layer(
@@ -106,9 +91,8 @@ def extract_layer(
     drains the rest if it needs a digest of every byte. ``on_entry`` is
     called with the running count of file bytes, for progress.
     """
-    state = _State(root=os.fspath(root), max_bytes=max_bytes)
+    state = _State(root=os.fspath(root), names=LayerNamespace(max_bytes))
     state.dirs[""] = _DirMeta()
-    state.kinds[""] = _DIR
     reader = TarReader(stream)
     for member in reader:
         _apply(state, reader, member)
@@ -120,148 +104,63 @@ def extract_layer(
 
 
 def _apply(state: _State, reader: TarReader, member: Entry) -> None:
-    rel = clean_name(member.name)
-    base = rel.rsplit("/", 1)[-1]
-    parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-    if base.startswith(WHITEOUT_PREFIX):
-        _whiteout(state, member, parent, base)
-        return
-    if rel == "":
-        if not member.isdir():
-            raise DataError(
-                f"tar entry {member.name!r} names the layer root but is not a directory"
-            )
-        _dir_entry(state, member, rel)
-        return
-    _ensure_parent(state, parent, member.name)
-    if member.isdir():
-        _dir_entry(state, member, rel)
-        return
-    _claim(state, rel, member.name)
-    path = f"{state.root}/{rel}"
+    plan = state.names.plan(member)
     try:
-        if member.isreg():
+        for sub in plan.new_parents:
+            os.mkdir(f"{state.root}/{sub}", 0o755)
+            state.dirs[sub] = _DirMeta()
+        action = plan.action
+        path = f"{state.root}/{plan.rel}" if plan.rel else state.root
+        if action is Action.DIRECTORY:
+            _dir_entry(state, member, plan, path)
+        elif action is Action.FILE:
             _regular(state, reader, member, path)
-            state.kinds[rel] = _FILE
-            return  # metadata already set through the open descriptor
-        elif member.issym():
+        elif action is Action.SYMLINK:
             os.symlink(member.linkname, path)
-            state.kinds[rel] = _LINK
-        elif member.islnk():
-            state.kinds[rel] = _hardlink(state, member, path)
+            _set_meta(path, member, is_link=True)
+        elif action is Action.HARDLINK:
+            # shares the target's inode: its metadata is the target's
+            os.link(f"{state.root}/{plan.link_target}", path, follow_symlinks=False)
             state.stats.hardlinks += 1
-            return  # shares the target's inode: its metadata is the target's
-        elif member.ischr() or member.isblk() or member.isfifo():
+        elif action is Action.DEVICE:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             if member.isfifo():
                 kind = stat.S_IFIFO
             os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-            state.kinds[rel] = _OTHER
-        else:
-            raise DataError(f"tar entry {member.name!r} has an unsupported type {member.type!r}")
-        _set_meta(path, member, is_link=member.issym())
+            _set_meta(path, member, is_link=False)
+        elif action is Action.WHITEOUT:
+            os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
+            os.lchown(path, member.uid, member.gid)
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+            state.stats.whiteouts += 1
+        elif action is Action.OPAQUE:
+            os.setxattr(path, OPAQUE_XATTR, b"y")
+            state.stats.opaque_dirs += 1
     except OSError as exc:
         raise _os_error(member.name, exc) from None
 
 
-def _claim(state: _State, rel: str, name: str) -> None:
-    if rel in state.kinds:
-        raise DataError(f"tar entry {name!r} appears twice in the layer (duplicate entry)")
-
-
-def _ensure_parent(state: _State, parent: str, name: str) -> None:
-    """Make sure every ancestor is a directory this layer made; create missing ones."""
-    if parent in state.dirs:
-        return
-    parts = parent.split("/")
-    for i in range(1, len(parts) + 1):
-        sub = "/".join(parts[:i])
-        kind = state.kinds.get(sub)
-        if kind == _DIR:
-            continue
-        if kind == _LINK:
-            raise DataError(
-                f"tar entry {name!r} would be written through the symlink {sub!r}; refusing"
-            )
-        if kind is not None:
-            raise DataError(f"tar entry {name!r} needs {sub!r} to be a directory, but it is not")
-        try:
-            os.mkdir(f"{state.root}/{sub}", 0o755)
-        except OSError as exc:
-            raise _os_error(name, exc) from None
-        state.kinds[sub] = _DIR
-        state.dirs[sub] = _DirMeta()
-
-
-def _dir_entry(state: _State, member: Entry, rel: str) -> None:
-    meta = state.dirs.get(rel)
-    if meta is not None and meta.explicit:
-        raise DataError(f"tar entry {member.name!r} appears twice in the layer (duplicate entry)")
-    if meta is None:
-        _claim(state, rel, member.name)
-        try:
-            os.mkdir(f"{state.root}/{rel}", 0o755)
-        except OSError as exc:
-            raise _os_error(member.name, exc) from None
-        meta = _DirMeta()
-        state.kinds[rel] = _DIR
-        state.dirs[rel] = meta
+def _dir_entry(state: _State, member: Entry, plan: Plan, path: str) -> None:
+    if plan.new_dir:
+        os.mkdir(path, 0o755)
+        state.dirs[plan.rel] = _DirMeta()
+    meta = state.dirs[plan.rel]
     meta.mode = member.mode & 0o7777
     meta.uid, meta.gid = member.uid, member.gid
     meta.mtime = float(member.mtime)
     meta.explicit = True
-    path = f"{state.root}/{rel}" if rel else state.root
-    try:
-        os.chown(path, member.uid, member.gid)
-        _set_xattrs(path, member)
-    except OSError as exc:
-        raise _os_error(member.name, exc) from None
-
-
-def _whiteout(state: _State, member: Entry, parent: str, base: str) -> None:
-    _ensure_parent(state, parent, member.name)
-    parent_path = f"{state.root}/{parent}" if parent else state.root
-    if base == WHITEOUT_OPAQUE:
-        try:
-            os.setxattr(parent_path, OPAQUE_XATTR, b"y")
-        except OSError as exc:
-            raise _os_error(member.name, exc) from None
-        state.stats.opaque_dirs += 1
-        return
-    if base.startswith(WHITEOUT_META_PREFIX):
-        return  # other AUFS metadata (.wh..wh.plnk, ...): not part of the tree
-    target = base[len(WHITEOUT_PREFIX) :]
-    rel = f"{parent}/{target}" if parent else target
-    if rel in state.kinds:
-        raise DataError(
-            f"tar entry {member.name!r} whites out {rel!r}, which this layer also adds"
-            " (duplicate entry)"
-        )
-    path = f"{parent_path}/{target}"
-    try:
-        os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
-        os.lchown(path, member.uid, member.gid)
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-    except OSError as exc:
-        raise _os_error(member.name, exc) from None
-    state.kinds[rel] = _OTHER
-    state.stats.whiteouts += 1
+    os.chown(path, member.uid, member.gid)
+    _set_xattrs(path, member)
 
 
 def _regular(state: _State, reader: TarReader, member: Entry, path: str) -> None:
     size = member.size
-    if state.budget_used + size > state.max_bytes:
-        raise DataError(
-            f"tar entry {member.name!r} declares {size} bytes, more than the layer limit "
-            f"of {state.max_bytes} bytes allows"
-        )
     free = _free_bytes(state.root) if size >= FREE_CHECK_SIZE else size
     if size > free:
         raise DataError(
             f"tar entry {member.name!r} declares {size} bytes, more than the {free} bytes "
             "free in the work directory"
         )
-    state.budget_used += size
     what = f"entry {member.name!r} (declared {size} bytes)"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -282,23 +181,6 @@ def _regular(state: _State, reader: TarReader, member: Entry, path: str) -> None
     finally:
         os.close(fd)
     state.stats.file_bytes += size
-
-
-def _hardlink(state: _State, member: Entry, path: str) -> str:
-    """Link ``path`` to an earlier entry of this layer; returns that entry's kind."""
-    target = clean_name(member.linkname, what=f"hard link target of {member.name!r}:")
-    kind = state.kinds.get(target)
-    if kind is None:
-        raise DataError(
-            f"tar entry {member.name!r} is a hard link to {member.linkname!r}, "
-            "which is not earlier in this layer"
-        )
-    if kind == _DIR:
-        raise DataError(f"tar entry {member.name!r} is a hard link to a directory; refusing")
-    target_parent = target.rsplit("/", 1)[0] if "/" in target else ""
-    _ensure_parent(state, target_parent, member.name)
-    os.link(f"{state.root}/{target}", path, follow_symlinks=False)
-    return kind
 
 
 def _set_meta(path: str, member: Entry, *, is_link: bool) -> None:
