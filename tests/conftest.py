@@ -26,6 +26,34 @@ def require_tool(name: str) -> str:
     return path
 
 
+TAR_MKFS_CANDIDATES = (
+    os.environ.get("EROFS_SP_TEST_TAR_MKFS", ""),
+    str(ROOT / ".tools" / "erofs-utils" / "bin" / "mkfs.erofs"),  # .ci/fetch-erofs-utils
+    "mkfs.erofs",
+)
+
+
+def tar_mode_mkfs() -> str:
+    """A ``mkfs.erofs`` from erofs-utils >= 1.8, for convert's ``tar`` builder.
+
+    Debian 12 ships 1.5; ``.ci/fetch-erofs-utils`` (run by ``make test``) puts
+    trixie's 1.8 under ``.tools/``. Without one these tests skip, saying so,
+    unless ``EROFS_SP_REQUIRE_TAR_MKFS=1`` (set by CI) makes that a failure.
+    """
+    from stream_processor.convert.erofsbuild import find_mkfs
+
+    for candidate in TAR_MKFS_CANDIDATES:
+        if candidate and shutil.which(candidate) and find_mkfs(candidate).streams_tar:
+            return candidate
+    message = (
+        "no mkfs.erofs from erofs-utils >= 1.8 here (Debian 12 ships 1.5); "
+        "run .ci/fetch-erofs-utils to get Debian trixie's 1.8 under .tools/"
+    )
+    if os.environ.get("EROFS_SP_REQUIRE_TAR_MKFS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def make_tree(root: Path, scale: int = 1) -> Path:
     """A small but varied directory tree: text, binary, empty, nested, links."""
     root.mkdir(parents=True, exist_ok=True)

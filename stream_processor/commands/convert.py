@@ -57,6 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="refuse a tar layer whose files add up to more than this (default 64GiB)",
     )
+    parser.add_argument(
+        "--builder",
+        choices=["auto", "tar", "dir"],
+        default="auto",
+        help="how tar layers become EROFS: 'tar' streams them into mkfs.erofs --tar=f --aufs "
+        "(erofs-utils >= 1.8, no root needed), 'dir' unpacks them first (erofs-utils 1.5, "
+        "needs root); default 'auto': tar when the mkfs.erofs can",
+    )
+    parser.add_argument(
+        "--mkfs",
+        default=os.environ.get("EROFS_SP_MKFS") or "mkfs.erofs",
+        metavar="PATH",
+        help="the mkfs.erofs to run (default: $EROFS_SP_MKFS, else mkfs.erofs on PATH)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
 
@@ -82,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         chunk_size=chunk_size_option(compression, args.chunk_size, args.no_chunk_table),
         level=args.level,
         max_layer_bytes=args.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
+        mkfs=args.mkfs,
+        builder=args.builder,
     )
     options = ConvertOptions(
         settings=settings,

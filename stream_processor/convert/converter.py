@@ -32,7 +32,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from stream_processor.convert.layers import LayerOutcome, LayerSettings, classify, convert_layer
+from stream_processor.convert.erofsbuild import find_mkfs
+from stream_processor.convert.layers import (
+    LayerKind,
+    LayerOutcome,
+    LayerSettings,
+    classify,
+    convert_layer,
+    resolve_builder,
+)
 from stream_processor.convert.oci import (
     DOCKER_CONFIG,
     INDEX_TYPES,
@@ -69,6 +77,8 @@ class ConvertReport:
     compression: str
     chunk_size: int | None
     jobs: int
+    builder: str = ""  # how tar layers are built: "tar" (streamed) or "dir" (unpacked)
+    mkfs: str = ""  # which mkfs.erofs, and its erofs-utils version
     seconds: float = 0.0
     manifests: list[dict[str, Any]] = field(default_factory=list)
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -324,12 +334,19 @@ def convert_image(
             f"no image manifest to convert for platform {asked}; the image has: {have}"
         )
     settings = options.settings
+    builds = any(
+        classify(str(d.get("mediaType", "")))[0] is LayerKind.TAR for d, _ in plan.layers.values()
+    )
+    if builds:  # decided once, before any work; rewrapping EROFS layers needs no mkfs.erofs
+        settings = resolve_builder(settings)
     report = ConvertReport(
         source=str(src),
         destination=str(dst),
         compression=settings.compression.value,
         chunk_size=settings.chunk_size if settings.compression.value == "zstd" else None,
         jobs=jobs,
+        builder=settings.builder if builds else "",
+        mkfs=find_mkfs(settings.mkfs).describe() if builds else "",
         skipped=plan.skipped,
     )
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.converting-", dir=dst.parent))

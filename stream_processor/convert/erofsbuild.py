@@ -1,17 +1,22 @@
-"""Run ``mkfs.erofs`` so that the same layer always gives the same bytes.
+"""Find ``mkfs.erofs`` and run it so that the same layer always gives the same bytes.
 
-Two things in an image built by erofs-utils 1.5 are not a function of the
-directory tree: the filesystem UUID and the build time in the superblock.
+Two things in an image built by erofs-utils are not a function of the
+layer's contents: the filesystem UUID and the build time in the superblock.
 
-- The UUID is passed with ``-U``, derived from the layer's uncompressed tar
-  digest exactly as containerd's own converter does it
-  (``uuid5(NAMESPACE_URL, "erofs:blobs/<digest>")``).
+- The UUID is derived from the layer's uncompressed tar digest exactly as
+  containerd's own converter does it
+  (``uuid5(NAMESPACE_URL, "erofs:blobs/<digest>")``) and passed with ``-U``.
 - The build time cannot be fixed with ``-T``: in 1.5, ``-T`` also overwrites
   every file's mtime, and an OCI layer must keep the mtimes from its tar.
   Instead the image is built with ``-Eforce-inode-extended`` (every inode
   then stores its own mtime; a compact inode would borrow the superblock's
   build time, which we are about to change) and the superblock's build time
   is set afterwards to a fixed value, with the superblock checksum redone.
+
+``finish_image`` writes both fields afterwards. The UUID too, because the
+streaming builder (``tarmode``) must start ``mkfs.erofs`` before the tar's
+digest is known; both fields live only in the superblock (checked in the
+tests), so the result is byte for byte what ``-U`` would have made.
 
 ``mkfs.erofs`` 1.5 sorts directory entries itself, so the order in which the
 extraction directory lists them does not matter (checked in the tests).
@@ -26,13 +31,16 @@ import struct
 import subprocess
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.superblock import SUPERBLOCK_OFFSET, crc32c, parse
 
 BUILD_TIME_OFFSET = 0x18  # u64 seconds, then u32 nanoseconds (REFERENCE.md section 3)
+UUID_OFFSET = 0x30  # 16 bytes
 CHECKSUM_OFFSET = 0x04
 MKFS = "mkfs.erofs"
+TAR_MODE_VERSION = (1, 8)  # ``--tar`` (1.7) and ``--mkfs-time`` (1.8), see ``tarmode``
 
 
 def layer_uuid(diff_id: str) -> str:
@@ -40,39 +48,78 @@ def layer_uuid(diff_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"erofs:blobs/{diff_id}"))
 
 
+class Mkfs(NamedTuple):
+    """One ``mkfs.erofs`` executable and the erofs-utils version it reports."""
+
+    path: str
+    version: tuple[int, int]
+
+    @property
+    def streams_tar(self) -> bool:
+        """Whether it can build straight from a tar stream (``--tar=f --aufs``)."""
+        return self.version >= TAR_MODE_VERSION
+
+    def describe(self) -> str:
+        return f"{self.path} (erofs-utils {self.version[0]}.{self.version[1]})"
+
+
 @functools.cache
-def mkfs_version() -> tuple[int, int]:
-    """(major, minor) of the installed ``mkfs.erofs``; 1.5 prints it on ``-V`` with status 1."""
-    path = shutil.which(MKFS)
+def find_mkfs(name: str = MKFS) -> Mkfs:
+    """The ``mkfs.erofs`` called ``name`` (a path, or looked up on PATH) and its version.
+
+    1.5 prints its version on ``-V`` with status 1, newer ones with status 0.
+    """
+    path = shutil.which(name)
     if path is None:
-        raise UsageError(f"{MKFS} is not installed (Debian: apt-get install erofs-utils)")
+        if name == MKFS:
+            raise UsageError(f"{MKFS} is not installed (Debian: apt-get install erofs-utils)")
+        raise UsageError(f"{name} is not an executable mkfs.erofs")
     proc = subprocess.run([path, "-V"], capture_output=True, text=True, check=False)
     match = re.search(r"(\d+)\.(\d+)", proc.stdout + proc.stderr)
     if match is None:
-        raise UsageError(f"cannot tell which version {path} is")
-    return int(match.group(1)), int(match.group(2))
+        raise UsageError(f"cannot tell which version {path} is; is it mkfs.erofs?")
+    return Mkfs(path, (int(match.group(1)), int(match.group(2))))
 
 
-def build_from_directory(root: Path, image: Path, *, fs_uuid: str, build_time: int = 0) -> None:
+def mkfs_failed(mkfs: Mkfs, returncode: int, output: str) -> InputOutputError:
+    detail = " ".join(output.split())[-300:]
+    return InputOutputError(f"{mkfs.path} failed (exit {returncode}): {detail}")
+
+
+def build_from_directory(
+    root: Path, image: Path, *, fs_uuid: str, build_time: int = 0, mkfs: Mkfs | None = None
+) -> None:
     """``mkfs.erofs`` on ``root`` (owners, modes, mtimes, xattrs kept), then fix the time."""
-    mkfs_version()  # a clear message if erofs-utils is missing
-    cmd = [MKFS, "--quiet", "-Eforce-inode-extended", f"-U{fs_uuid}", str(image), str(root)]
+    mkfs = mkfs or find_mkfs()  # a clear message if erofs-utils is missing
+    cmd = [mkfs.path, "--quiet", "-Eforce-inode-extended", f"-U{fs_uuid}", str(image), str(root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        detail = " ".join((proc.stderr or proc.stdout).split())[-300:]
-        raise InputOutputError(f"{MKFS} failed (exit {proc.returncode}): {detail}")
-    set_build_time(image, build_time)
+        raise mkfs_failed(mkfs, proc.returncode, proc.stderr or proc.stdout)
+    finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
 
 
 def set_build_time(image: Path, seconds: int, nanoseconds: int = 0) -> None:
     """Overwrite the superblock build time in place and recompute its checksum."""
+    finish_image(image, build_time=seconds, nanoseconds=nanoseconds)
+
+
+def finish_image(
+    image: Path, *, build_time: int, nanoseconds: int = 0, fs_uuid: str | None = None
+) -> None:
+    """Set the superblock build time (and UUID) in place and recompute its checksum."""
     with image.open("r+b") as f:
         head = bytearray(f.read(SUPERBLOCK_OFFSET + 65536))
         try:
             sb = parse(head)
         except DataError as exc:
             raise InputOutputError(f"{MKFS} wrote an image that is not EROFS: {exc}") from None
-        struct.pack_into("<QI", head, SUPERBLOCK_OFFSET + BUILD_TIME_OFFSET, seconds, nanoseconds)
+        struct.pack_into(
+            "<QI", head, SUPERBLOCK_OFFSET + BUILD_TIME_OFFSET, build_time, nanoseconds
+        )
+        if fs_uuid is not None:
+            head[SUPERBLOCK_OFFSET + UUID_OFFSET : SUPERBLOCK_OFFSET + UUID_OFFSET + 16] = (
+                uuid.UUID(fs_uuid).bytes
+            )
         start, end = sb.checksum_region()
         if sb.has_checksum:
             struct.pack_into("<I", head, SUPERBLOCK_OFFSET + CHECKSUM_OFFSET, 0)
@@ -80,4 +127,4 @@ def set_build_time(image: Path, seconds: int, nanoseconds: int = 0) -> None:
                 "<I", head, SUPERBLOCK_OFFSET + CHECKSUM_OFFSET, crc32c(bytes(head[start:end]))
             )
         f.seek(0)
-        f.write(head[: max(end, SUPERBLOCK_OFFSET + 0x24)])
+        f.write(head[: max(end, SUPERBLOCK_OFFSET + UUID_OFFSET + 16)])

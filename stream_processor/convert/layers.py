@@ -2,11 +2,16 @@
 
 A tar layer is read once, as a stream: blob (digest-checked) -> decompressor
 -> SHA-256 of the uncompressed tar (its diff_id, checked against the image
-config, and the seed of the filesystem UUID) -> ``tarlayer.extract_layer``.
-The directory is turned into an image by ``erofsbuild`` and the image is
-wrapped by ``pack.pack_image``. An EROFS layer goes straight from its
-decompressor into ``pack_image``, which validates it: the filesystem is not
-rebuilt, so its bytes (and its diff_id) stay the same.
+config, and the seed of the filesystem UUID) -> one of two builders:
+
+- ``tar`` (erofs-utils >= 1.8): ``tarmode.build_from_tar`` streams the tar
+  into ``mkfs.erofs --tar=f --aufs``; nothing is unpacked, no root needed.
+- ``dir`` (erofs-utils 1.5, Debian 12): ``tarlayer.extract_layer`` unpacks it
+  into a private directory and ``erofsbuild`` runs ``mkfs.erofs`` on that.
+
+The image is then wrapped by ``pack.pack_image``. An EROFS layer goes straight
+from its decompressor into ``pack_image``, which validates it: the filesystem
+is not rebuilt, so its bytes (and its diff_id) stay the same.
 """
 
 from __future__ import annotations
@@ -18,14 +23,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stream_processor.convert.erofsbuild import build_from_directory, layer_uuid
+from stream_processor.convert.erofsbuild import (
+    MKFS,
+    build_from_directory,
+    find_mkfs,
+    finish_image,
+    layer_uuid,
+)
 from stream_processor.convert.oci import Json, Layout
 from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
+from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError, ProcessorError, Terminated, UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackResult, pack_image
@@ -79,6 +91,27 @@ class LayerSettings:
     level: int | None = None
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
     build_time: int = 0
+    mkfs: str = MKFS  # a name looked up on PATH, or a path
+    builder: str = "auto"  # "tar", "dir", or "auto": tar when mkfs.erofs can stream one
+
+
+BUILDERS = ("auto", "tar", "dir")
+
+
+def resolve_builder(settings: LayerSettings) -> LayerSettings:
+    """``settings`` with ``builder`` decided ("tar" or "dir"); ``UsageError`` if impossible."""
+    if settings.builder not in BUILDERS:
+        raise UsageError(f"unknown builder {settings.builder!r}; choose one of {BUILDERS}")
+    mkfs = find_mkfs(settings.mkfs)
+    builder = settings.builder
+    if builder == "auto":
+        builder = "tar" if mkfs.streams_tar else "dir"
+    if builder == "tar" and not mkfs.streams_tar:
+        raise UsageError(
+            f"--builder tar needs erofs-utils 1.8 or newer (mkfs.erofs --tar, --mkfs-time); "
+            f"{mkfs.describe()} is older. Use --builder dir, or point --mkfs at a newer one"
+        )
+    return replace(settings, builder=builder)
 
 
 @dataclass
@@ -98,6 +131,7 @@ class LayerReport:
     seconds: float
     entries: int | None = None
     phases: dict[str, float] | None = None  # unpack / mkfs / pack seconds of a rebuilt layer
+    builder: str | None = None  # "tar" or "dir" for a rebuilt layer
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -235,6 +269,7 @@ def convert_layer(
         seconds=round(time.monotonic() - started, 3),
         entries=entries,
         phases=phases,
+        builder=settings.builder if kind is LayerKind.TAR else None,
     )
     return LayerOutcome(pack, blob, report)
 
@@ -252,6 +287,19 @@ def _from_tar(
     phases: dict[str, float],
 ) -> tuple[PackResult, int, int]:
     what = f"layer {desc.get('digest')}"
+    if settings.builder == "tar":
+        return _stream_tar(
+            layout,
+            desc,
+            compression,
+            expected_diff_id,
+            settings,
+            work,
+            out,
+            threads,
+            on_bytes,
+            phases,
+        )
     root = work / "rootfs"
     root.mkdir(mode=0o755)
     started = time.monotonic()
@@ -266,15 +314,16 @@ def _from_tar(
         tar.drain()
         while blob.read(READ_SIZE):  # anything after the compressed stream still counts
             pass
-    diff_id = tar.digest
-    if expected_diff_id is not None and expected_diff_id != diff_id:
-        raise DataError(
-            f"{what}: its uncompressed tar hashes to {diff_id}, but the image config "
-            f"lists diff_id {expected_diff_id}"
-        )
+    diff_id = _checked_diff_id(what, tar, expected_diff_id)
     unpacked = time.monotonic()
     image = work / "layer.erofs"
-    build_from_directory(root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time)
+    build_from_directory(
+        root,
+        image,
+        fs_uuid=layer_uuid(diff_id),
+        build_time=settings.build_time,
+        mkfs=find_mkfs(settings.mkfs),
+    )
     built = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
     with image.open("rb") as raw:
@@ -283,6 +332,65 @@ def _from_tar(
     phases["mkfs"] = round(built - unpacked, 3)
     phases["pack"] = round(time.monotonic() - built, 3)
     return pack, tar.size, stats.entries
+
+
+def _stream_tar(
+    layout: Layout,
+    desc: Json,
+    compression: Compression,
+    expected_diff_id: str | None,
+    settings: LayerSettings,
+    work: Path,
+    out: BinaryIO,
+    threads: int,
+    on_bytes: Callable[[int], None] | None,
+    phases: dict[str, float],
+) -> tuple[PackResult, int, int]:
+    """The ``tar`` builder: the tar goes straight into ``mkfs.erofs --tar=f``.
+
+    ``mkfs.erofs`` starts before the tar's digest is known, so it gets the
+    UUID the config's diff_id promises; a layer without one gets it fixed in
+    the superblock afterwards (the same bytes, see ``erofsbuild``).
+    """
+    what = f"layer {desc.get('digest')}"
+    started = time.monotonic()
+    image = work / "layer.erofs"
+    promised = layer_uuid(expected_diff_id) if expected_diff_id else layer_uuid("")
+    with layout.open_blob(desc, "layer") as blob:
+        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
+        try:
+            stats = build_from_tar(
+                io.BufferedReader(tar, READ_SIZE),
+                image,
+                mkfs=find_mkfs(settings.mkfs),
+                fs_uuid=promised,
+                build_time=settings.build_time,
+                max_bytes=settings.max_layer_bytes,
+            )
+        except DataError as exc:
+            raise DataError(f"{what}: {exc.message}") from None
+        tar.drain()
+        while blob.read(READ_SIZE):  # anything after the compressed stream still counts
+            pass
+    diff_id = _checked_diff_id(what, tar, expected_diff_id)
+    if layer_uuid(diff_id) != promised:
+        finish_image(image, build_time=settings.build_time, fs_uuid=layer_uuid(diff_id))
+    built = time.monotonic()
+    with image.open("rb") as raw:
+        pack = _pack(raw, out, settings, threads)
+    phases["mkfs"] = round(built - started, 3)
+    phases["pack"] = round(time.monotonic() - built, 3)
+    return pack, tar.size, stats.entries
+
+
+def _checked_diff_id(what: str, tar: HashingReader, expected: str | None) -> str:
+    diff_id = tar.digest
+    if expected is not None and expected != diff_id:
+        raise DataError(
+            f"{what}: its uncompressed tar hashes to {diff_id}, but the image config "
+            f"lists diff_id {expected}"
+        )
+    return diff_id
 
 
 def _rewrap(

@@ -103,6 +103,7 @@ class TarReader:
         self._left = 0  # unread data bytes of the current entry
         self._pad = 0  # padding after them
         self._globals: dict[str, str] = {}
+        self._current = ""  # what the data being skipped belongs to, for messages
         self.offset = 0
 
     def _read_exact(self, n: int, what: str) -> bytes:
@@ -143,7 +144,7 @@ class TarReader:
     def _skip_rest(self) -> None:
         todo = self._left + self._pad
         while todo:
-            chunk = self._read_exact(min(todo, 1 << 20), "the data of the previous entry")
+            chunk = self._read_exact(min(todo, 1 << 20), self._current)
             todo -= len(chunk)
         self._left = self._pad = 0
 
@@ -184,6 +185,7 @@ class TarReader:
             pax = {}
             self._left = entry.size if entry.isreg() else 0
             self._pad = -self._left % BLOCK
+            self._current = f"entry {entry.name!r} (declared {entry.size} bytes)"
             yield entry
 
     def _entry(

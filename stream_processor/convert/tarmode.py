@@ -1,0 +1,159 @@
+"""Build a layer's EROFS image by streaming its tar into ``mkfs.erofs --tar=f --aufs``.
+
+With erofs-utils >= 1.8 nothing needs unpacking: ``mkfs.erofs`` reads the
+tar on stdin and turns OCI whiteouts into overlayfs ones itself (``--aufs``),
+so a conversion needs neither root nor room for the unpacked tree. The flags
+are containerd's erofs differ's own (``--tar=f --aufs --quiet
+-Enoinline_data --sort=none``; the last keeps the data in tar order and saves
+a pass) and ``-T<time> --mkfs-time`` for a fixed build time. erofs-utils 1.7
+already had ``--tar`` but not ``--mkfs-time``; without it the root and every
+directory the tar does not list get the time of the build, so 1.7 is not used.
+
+The layer is still untrusted. Every byte goes to ``mkfs.erofs`` through a
+tee that this process reads with ``TarReader``, and every header is checked
+by ``LayerNamespace`` on its way, with the same refusals as the unpacking
+path; a refused entry stops the stream, ``mkfs.erofs`` is killed and the
+caller removes its partial image. Since ``mkfs.erofs`` writes only the image
+file, no entry can reach outside the work directory in any case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from stream_processor.convert.erofsbuild import Mkfs, finish_image, mkfs_failed
+from stream_processor.convert.namespace import Action, LayerNamespace
+from stream_processor.convert.tarlayer import ExtractStats
+from stream_processor.convert.tarstream import TarReader
+from stream_processor.errors import DataError
+from stream_processor.sink import widen_pipe
+
+READ_SIZE = 1 << 20
+
+
+def mkfs_tar_command(mkfs: Mkfs, image: Path, fs_uuid: str, build_time: int) -> list[str]:
+    """containerd's differ's flags, and those that make the image reproducible.
+
+    ``-T --mkfs-time`` (1.8) fixes the build time without touching the files'
+    own mtimes; directories the tar does not list (often the root) get it too.
+    """
+    return [
+        mkfs.path,
+        "--tar=f",
+        "--aufs",
+        "--quiet",
+        "-Enoinline_data",
+        "--sort=none",
+        f"-T{build_time}",
+        "--mkfs-time",
+        f"-U{fs_uuid}",
+        str(image),
+    ]
+
+
+class _Tee(io.RawIOBase):
+    """Reads from ``raw`` and writes every byte read into the file descriptor ``fd``."""
+
+    def __init__(self, raw: BinaryIO, fd: int) -> None:
+        super().__init__()
+        self._raw = raw
+        self._fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._raw.read(len(view))
+        n = len(data)
+        view[:n] = data
+        out = memoryview(data)
+        while out:
+            out = out[os.write(self._fd, out) :]
+        return n
+
+
+def build_from_tar(
+    stream: BinaryIO,
+    image: Path,
+    *,
+    mkfs: Mkfs,
+    fs_uuid: str,
+    build_time: int = 0,
+    max_bytes: int,
+    on_entry: Callable[[int], None] | None = None,
+) -> ExtractStats:
+    """Stream the whole tar ``stream`` through ``mkfs.erofs --tar=f`` into ``image``.
+
+    Reads ``stream`` to its end (``mkfs.erofs`` gets every byte). The UUID
+    may be a placeholder: ``finish_image`` runs with the real one afterwards
+    when the caller knows it, see ``erofsbuild``.
+    """
+    stats = ExtractStats()
+    names = LayerNamespace(max_bytes)
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            mkfs_tar_command(mkfs, image, fs_uuid, build_time),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        assert proc.stdin is not None
+        widen_pipe(proc.stdin.fileno())
+        reader: TarReader | None = None
+        try:
+            tee = io.BufferedReader(_Tee(stream, proc.stdin.fileno()), READ_SIZE)
+            reader = TarReader(tee)
+            for member in reader:
+                _count(stats, names.plan(member).action, member.size)
+                if on_entry is not None:
+                    on_entry(stats.file_bytes)
+            reader = None  # every entry seen and accepted
+            while tee.read(READ_SIZE):  # the end-of-archive blocks and anything after
+                pass
+        except BrokenPipeError:
+            pass  # mkfs.erofs stopped reading: its exit status and message say why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            _close(proc)
+        if proc.returncode != 0:
+            errors.seek(0)
+            message = errors.read().decode("utf-8", "replace")
+            raise mkfs_failed(mkfs, proc.returncode, message)
+        if reader is not None:
+            raise DataError(
+                f"mkfs.erofs stopped reading the layer at byte {reader.offset}, before the "
+                "tar's end-of-archive marker"
+            )
+    if not image.exists():
+        raise DataError("mkfs.erofs wrote no image")
+    finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
+    return stats
+
+
+def _close(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    proc.wait()
+
+
+def _count(stats: ExtractStats, action: Action, size: int) -> None:
+    stats.entries += 1
+    if action is Action.FILE:
+        stats.file_bytes += size
+    elif action is Action.HARDLINK:
+        stats.hardlinks += 1
+    elif action is Action.WHITEOUT:
+        stats.whiteouts += 1
+    elif action is Action.OPAQUE:
+        stats.opaque_dirs += 1
