@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--archive", action="store_true", help="write DST as an oci-archive tar")
     parser.add_argument(
-        "--work-dir", type=Path, help="where tar layers are unpacked (default: next to DST)"
+        "--work-dir",
+        type=Path,
+        help="where tar layers are unpacked and raw images built (default: next to DST)",
     )
     parser.add_argument(
         "--max-layer-bytes",
