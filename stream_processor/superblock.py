@@ -24,21 +24,24 @@ MAX_HEAD_BLKSZBITS = 16  # 64 KiB, the largest page size a kernel mounts EROFS b
 COMPAT_SB_CHKSUM = 0x1
 COMPAT_NAMES = {0x1: "sb_csum", 0x2: "mtime", 0x4: "xattr_filter", 0x8: "shared_ea_in_metabox"}
 INCOMPAT_KNOWN = 0x1FF
-INCOMPAT_NAMES = {
+INCOMPAT_48BIT = 0x80
+INCOMPAT_NAMES = {  # the kernel's erofs_fs.h; some bits carry two names
     0x1: "0padding",
     0x2: "compr_cfgs/big_pcluster",
     0x4: "chunked_file",
     0x8: "device_table/compr_head2",
     0x10: "ztailpacking",
-    0x20: "fragments",
-    0x40: "dedupe",
-    0x80: "xattr_prefixes",
-    0x100: "48bit",
+    0x20: "fragments/dedupe",
+    0x40: "xattr_prefixes",
+    INCOMPAT_48BIT: "48bit",
+    0x100: "metabox",
 }
 
 Buffer = bytes | bytearray | memoryview
 
 _LAYOUT = struct.Struct("<IIIBBHQQIIII16s16sI")
+_ROOTNID_8B = struct.Struct("<Q")  # at 0x70, the root nid when 48BIT is on
+_ROOTNID_8B_OFFSET = 0x70
 
 
 def _page_shift() -> int:
@@ -137,7 +140,17 @@ def parse(head: Buffer) -> Superblock:
     fields = _LAYOUT.unpack(raw)
     if fields[0] != EROFS_MAGIC:
         raise DataError("not an EROFS image: no EROFS superblock magic at offset 1024")
-    return Superblock(*fields[1:])
+    sb = Superblock(*fields[1:])
+    if sb.feature_incompat & INCOMPAT_48BIT:
+        # 48-bit layout: the 16 bits at 0x0E are the block count's top bits, and the
+        # root nid moves to a 64-bit field at 0x70.
+        start = SUPERBLOCK_OFFSET + _ROOTNID_8B_OFFSET
+        rootnid = bytes(head[start : start + _ROOTNID_8B.size])
+        sb = sb._replace(
+            blocks=sb.blocks | (sb.root_nid << 32),
+            root_nid=_ROOTNID_8B.unpack(rootnid)[0] if len(rootnid) == 8 else sb.root_nid,
+        )
+    return sb
 
 
 def required_head(head: Buffer) -> int:

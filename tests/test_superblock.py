@@ -82,3 +82,34 @@ def test_image_without_checksum_feature_validates(erofs_bytes: bytes) -> None:
     data = patch_superblock(erofs_bytes, 0x08, "<I", 0x2, fix_checksum=False)  # MTIME only
     data = patch_superblock(data, 0x04, "<I", 0xDEADBEEF, fix_checksum=False)
     assert not sb.validate(data).has_checksum
+
+
+def test_48bit_block_count_includes_its_high_bits(erofs_bytes: bytes) -> None:
+    """With INCOMPAT_48BIT the 16 bits at 0x0E are the block count's top bits and the
+    root nid moves to 0x70 (the kernel's erofs_fs.h); a completeness check on the low
+    32 bits alone would let a truncated image of more than 16 TiB through."""
+    plain = sb.parse(erofs_bytes)
+    forged = patch_superblock(erofs_bytes, 0x70, "<Q", plain.root_nid, fix_checksum=False)
+    forged = patch_superblock(forged, 0x0E, "<H", 1, fix_checksum=False)
+    forged = patch_superblock(forged, 0x50, "<I", plain.feature_incompat | sb.INCOMPAT_48BIT)
+    parsed = sb.validate(forged)
+    assert parsed.blocks == plain.blocks + (1 << 32)
+    assert parsed.root_nid == plain.root_nid
+    assert parsed.image_size > 16 << 40
+    assert "48bit" in parsed.feature_names()
+
+
+def test_48bit_image_claiming_more_blocks_is_truncated_for_the_decoder(
+    erofs_bytes: bytes,
+) -> None:
+    from stream_processor import mediatypes as mt
+    from tests.conftest import run_cli
+
+    plain = sb.parse(erofs_bytes)
+    forged = patch_superblock(erofs_bytes, 0x70, "<Q", plain.root_nid, fix_checksum=False)
+    forged = patch_superblock(forged, 0x0E, "<H", 1, fix_checksum=False)
+    forged = patch_superblock(forged, 0x50, "<I", plain.feature_incompat | sb.INCOMPAT_48BIT)
+    proc = run_cli(["--media-type", mt.EROFS_LAYER], stdin=forged)
+    assert proc.returncode == 65, proc.stderr
+    assert b"truncated EROFS image" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert len(proc.stdout) < len(forged)  # the held-back tail never went out
