@@ -25,6 +25,7 @@ from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
 from tests.oci_builder import Image, build_layout, expected_layer, snapshot, tar_tree
+from tests.test_convert_image import mounted, without_origin
 from tests.test_convert_tarlayer import HOSTILE, _huge_header, _re, _tar, rich_tree
 
 UUID = layer_uuid("sha256:" + "0" * 64)
@@ -48,24 +49,11 @@ def test_streamed_layer_mounts_with_overlay_semantics(mkfs: Mkfs, tmp_path: Path
     build(mkfs, tar_tree(tree), image)
     fsck = subprocess.run(["fsck.erofs", str(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount EROFS here ({proc.stderr.strip()})")
-    try:
-        from tests.test_convert_image import without_origin
-
+    with mounted(image, tmp_path / "mnt") as mnt:
         assert without_origin(snapshot(mnt)) == snapshot(expected_layer(tree, tmp_path / "want"))
         assert os.getxattr(mnt / "var" / "cache", "trusted.overlay.opaque") == b"y"
         whiteout = os.lstat(mnt / "var" / "lib" / "deleted")
         assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_same_tar_same_image_at_any_time(mkfs: Mkfs, tmp_path: Path) -> None:

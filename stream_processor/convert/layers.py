@@ -36,7 +36,7 @@ from stream_processor.convert.erofsbuild import (
     layer_uuid,
 )
 from stream_processor.convert.oci import Json, Layout
-from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
+from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, ExtractStats, extract_layer
 from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError, ProcessorError, Terminated, UsageError
 from stream_processor.mediatypes import Compression
@@ -286,101 +286,76 @@ def _from_tar(
     on_bytes: Callable[[int], None] | None,
     phases: dict[str, float],
 ) -> tuple[PackResult, int, int]:
-    what = f"layer {desc.get('digest')}"
-    if settings.builder == "tar":
-        return _stream_tar(
-            layout,
-            desc,
-            compression,
-            expected_diff_id,
-            settings,
-            work,
-            out,
-            threads,
-            on_bytes,
-            phases,
-        )
-    root = work / "rootfs"
-    root.mkdir(mode=0o755)
-    started = time.monotonic()
-    with layout.open_blob(desc, "layer") as blob:
-        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
-        try:
-            stats = extract_layer(
-                io.BufferedReader(tar, READ_SIZE), root, max_bytes=settings.max_layer_bytes
-            )
-        except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
-        tar.drain()
-        while blob.read(READ_SIZE):  # anything after the compressed stream still counts
-            pass
-    diff_id = _checked_diff_id(what, tar, expected_diff_id)
-    unpacked = time.monotonic()
-    image = work / "layer.erofs"
-    build_from_directory(
-        root,
-        image,
-        fs_uuid=layer_uuid(diff_id),
-        build_time=settings.build_time,
-        mkfs=find_mkfs(settings.mkfs),
-    )
-    built = time.monotonic()
-    shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
-    with image.open("rb") as raw:
-        pack = _pack(raw, out, settings, threads)
-    phases["unpack"] = round(unpacked - started, 3)
-    phases["mkfs"] = round(built - unpacked, 3)
-    phases["pack"] = round(time.monotonic() - built, 3)
-    return pack, tar.size, stats.entries
+    """A tar layer through the chosen builder into an image, then wrapped into ``out``.
 
-
-def _stream_tar(
-    layout: Layout,
-    desc: Json,
-    compression: Compression,
-    expected_diff_id: str | None,
-    settings: LayerSettings,
-    work: Path,
-    out: BinaryIO,
-    threads: int,
-    on_bytes: Callable[[int], None] | None,
-    phases: dict[str, float],
-) -> tuple[PackResult, int, int]:
-    """The ``tar`` builder: the tar goes straight into ``mkfs.erofs --tar=f``.
-
-    ``mkfs.erofs`` starts before the tar's digest is known, so it gets the
-    UUID the config's diff_id promises; a layer without one gets it fixed in
-    the superblock afterwards (the same bytes, see ``erofsbuild``).
+    The ``tar`` builder starts ``mkfs.erofs`` before the tar's digest is
+    known, so it gets the UUID the config's diff_id promises; a layer without
+    one gets it fixed in the superblock afterwards (the same bytes, see
+    ``erofsbuild``).
     """
-    what = f"layer {desc.get('digest')}"
-    started = time.monotonic()
     image = work / "layer.erofs"
-    promised = layer_uuid(expected_diff_id) if expected_diff_id else layer_uuid("")
-    with layout.open_blob(desc, "layer") as blob:
-        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
-        try:
-            stats = build_from_tar(
-                io.BufferedReader(tar, READ_SIZE),
+    mkfs = find_mkfs(settings.mkfs)
+    started = time.monotonic()
+    streamed = settings.builder == "tar"
+    promised = layer_uuid(expected_diff_id or "")
+    root = work / "rootfs"
+
+    def build(tar: BinaryIO) -> ExtractStats:
+        if streamed:
+            return build_from_tar(
+                tar,
                 image,
-                mkfs=find_mkfs(settings.mkfs),
+                mkfs=mkfs,
                 fs_uuid=promised,
                 build_time=settings.build_time,
                 max_bytes=settings.max_layer_bytes,
             )
+        root.mkdir(mode=0o755)
+        return extract_layer(tar, root, max_bytes=settings.max_layer_bytes)
+
+    stats, tar_size, diff_id = _read_tar(
+        layout, desc, compression, expected_diff_id, on_bytes, build
+    )
+    if streamed:
+        if layer_uuid(diff_id) != promised:
+            finish_image(image, build_time=settings.build_time, fs_uuid=layer_uuid(diff_id))
+    else:
+        phases["unpack"] = round(time.monotonic() - started, 3)
+        build_from_directory(
+            root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time, mkfs=mkfs
+        )
+        shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
+    built = time.monotonic()
+    with image.open("rb") as raw:
+        pack = _pack(raw, out, settings, threads)
+    phases["mkfs"] = round(built - started - phases.get("unpack", 0.0), 3)
+    phases["pack"] = round(time.monotonic() - built, 3)
+    return pack, tar_size, stats.entries
+
+
+def _read_tar(
+    layout: Layout,
+    desc: Json,
+    compression: Compression,
+    expected_diff_id: str | None,
+    on_bytes: Callable[[int], None] | None,
+    builder: Callable[[BinaryIO], ExtractStats],
+) -> tuple[ExtractStats, int, str]:
+    """Stream the layer's tar once into ``builder``; check the blob and the diff_id.
+
+    Returns what the builder reports, the tar's size and its diff_id.
+    """
+    what = f"layer {desc.get('digest')}"
+    with layout.open_blob(desc, "layer") as blob:
+        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
+        try:
+            stats = builder(io.BufferedReader(tar, READ_SIZE))
         except DataError as exc:
             raise DataError(f"{what}: {exc.message}") from None
         tar.drain()
         while blob.read(READ_SIZE):  # anything after the compressed stream still counts
             pass
-    diff_id = _checked_diff_id(what, tar, expected_diff_id)
-    if layer_uuid(diff_id) != promised:
-        finish_image(image, build_time=settings.build_time, fs_uuid=layer_uuid(diff_id))
-    built = time.monotonic()
-    with image.open("rb") as raw:
-        pack = _pack(raw, out, settings, threads)
-    phases["mkfs"] = round(built - started, 3)
-    phases["pack"] = round(time.monotonic() - built, 3)
-    return pack, tar.size, stats.entries
+    return stats, tar.size, _checked_diff_id(what, tar, expected_diff_id)
 
 
 def _checked_diff_id(what: str, tar: HashingReader, expected: str | None) -> str:
