@@ -219,7 +219,8 @@ def _os_error(name: str, exc: OSError) -> Exception:
     if exc.errno == errno.EPERM:
         return InputOutputError(
             f"cannot unpack tar entry {name!r}: operation not permitted "
-            "(converting keeps owners and device nodes, which needs root)"
+            "(the dir builder keeps owners and device nodes, which needs root; "
+            "--builder tar with erofs-utils >= 1.8 does not)"
         )
     if exc.errno == errno.EEXIST:
         return DataError(f"tar entry {name!r} appears twice in the layer (duplicate entry)")
