@@ -38,7 +38,15 @@ print(h.hexdigest())
 
 
 def processor_cmd() -> list[str]:
-    """The installed console script next to this interpreter, or ``python -m``."""
+    """The installed console script next to this interpreter, or ``python -m``.
+
+    The package is byte-compiled first, as ``pip install`` does: the editable
+    install of ``make install`` does not, and with PYTHONDONTWRITEBYTECODE set
+    every start would compile the changed modules again (a few ms each).
+    """
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "stream_processor"), quiet=1)
     script = Path(sys.executable).parent / "erofs-stream-processor"
     if script.exists():
         return [str(script)]
