@@ -13,11 +13,13 @@ install: system-deps $(STAMP)
 system-deps:
 	@sh .ci/install-deps
 
-# erofs-utils 1.8 from Debian trixie under .tools/ (Debian 12 has 1.5, without
-# mkfs.erofs --tar), for the tests and benchmark of convert's tar builder.
-# Without network the tar-builder tests skip and say why.
+# Newer Debian packages under .tools/, privately: erofs-utils 1.8 from trixie
+# (Debian 12 has 1.5, without mkfs.erofs --tar) for convert's tar builder, and
+# containerd 2.1 from unstable for the <= 2.2 daemon tests. Without network
+# those tests skip and say why.
 tools:
 	@sh .ci/fetch-erofs-utils || echo "warning: could not fetch erofs-utils 1.8; tar-builder tests will skip" >&2
+	@sh .ci/fetch-containerd || echo "warning: could not fetch containerd 2.x; its tests will skip" >&2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

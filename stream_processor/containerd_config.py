@@ -86,12 +86,13 @@ class Profile:
 
 
 _BEFORE_23_NOTES = (
-    "No containerd before 2.3 hands an EROFS layer to a stream processor: the 1.x differs "
-    "and the 2.0-2.2 erofs differ reject application/vnd.erofs.layer.v1+zstd|gzip "
-    '("currently unsupported media type").',
+    "No containerd before 2.3 hands an EROFS layer to a stream processor: its unpacker "
+    "does not count application/vnd.erofs.layer.v1+zstd|gzip as layers (seen on 2.1.9: "
+    '"mismatched image rootfs and manifest layers"), and the 2.0-2.2 erofs differ '
+    'rejects them ("currently unsupported media type").',
     "This registration puts the processor on the ordinary tar+zstd route, where it passes "
     "tar layers through byte for byte (and validates an EROFS payload if one arrives). "
-    "It is what the project's real-daemon test runs on Debian's containerd 1.6.20.",
+    "It is what the project's real-daemon tests run on Debian's containerd 1.6.20 and 2.1.9.",
 )
 
 KNOWN_VERSIONS = ("1.6", "1.7", "2.0", "2.1", "2.2", "2.3")

@@ -33,25 +33,35 @@ TAR_MKFS_CANDIDATES = (
 )
 
 
+def require_fetched(path: Path, script: str) -> None:
+    """Skip, saying how to get it, when a tool that ``script`` fetches into .tools/ is missing.
+
+    ``make test`` runs the fetch scripts; without network they fail and these
+    tests skip, unless ``EROFS_SP_REQUIRE_FETCHED=1`` (set by CI) makes that a
+    failure.
+    """
+    if path.exists():
+        return
+    message = f"{path} is missing; run {script} (make test does)"
+    if os.environ.get("EROFS_SP_REQUIRE_FETCHED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def tar_mode_mkfs() -> str:
     """A ``mkfs.erofs`` from erofs-utils >= 1.8, for convert's ``tar`` builder.
 
-    Debian 12 ships 1.5; ``.ci/fetch-erofs-utils`` (run by ``make test``) puts
-    trixie's 1.8 under ``.tools/``. Without one these tests skip, saying so,
-    unless ``EROFS_SP_REQUIRE_TAR_MKFS=1`` (set by CI) makes that a failure.
+    Debian 12 ships 1.5; ``.ci/fetch-erofs-utils`` puts trixie's 1.8 under
+    ``.tools/``; ``EROFS_SP_TEST_TAR_MKFS`` or a new enough ``mkfs.erofs`` on
+    PATH serve too.
     """
     from stream_processor.convert.erofsbuild import find_mkfs
 
     for candidate in TAR_MKFS_CANDIDATES:
         if candidate and shutil.which(candidate) and find_mkfs(candidate).streams_tar:
             return candidate
-    message = (
-        "no mkfs.erofs from erofs-utils >= 1.8 here (Debian 12 ships 1.5); "
-        "run .ci/fetch-erofs-utils to get Debian trixie's 1.8 under .tools/"
-    )
-    if os.environ.get("EROFS_SP_REQUIRE_TAR_MKFS") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    require_fetched(Path(TAR_MKFS_CANDIDATES[1]), ".ci/fetch-erofs-utils")
+    pytest.fail(f"{TAR_MKFS_CANDIDATES[1]} is not erofs-utils >= 1.8")
 
 
 def make_tree(root: Path, scale: int = 1) -> Path:
