@@ -188,3 +188,17 @@ def test_missing_mkfs_is_named(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == b""
     [line] = proc.stderr.decode().splitlines()
     assert "/nope/mkfs.erofs is not an executable mkfs.erofs" in line
+
+
+@pytest.mark.parametrize(
+    ("version", "sort"),
+    [((1, 8, 0), False), ((1, 8, 1), False), ((1, 8, 2), True), ((1, 9, 0), True)],
+)
+def test_sort_none_only_where_mkfs_knows_it(version: tuple[int, int, int], sort: bool) -> None:
+    """``--sort=none`` arrived in erofs-utils 1.8.2; 1.8.0 and 1.8.1 would refuse it."""
+    from stream_processor.convert.tarmode import mkfs_tar_command
+
+    cmd = mkfs_tar_command(Mkfs("/x/mkfs.erofs", version), Path("/x/img"), UUID, 0)
+    assert ("--sort=none" in cmd) is sort
+    assert cmd[:5] == ["/x/mkfs.erofs", "--tar=f", "--aufs", "--quiet", "-Enoinline_data"]
+    assert cmd[-4:] == ["-T0", "--mkfs-time", f"-U{UUID}", "/x/img"]

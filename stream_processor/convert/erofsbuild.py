@@ -40,7 +40,8 @@ BUILD_TIME_OFFSET = 0x18  # u64 seconds, then u32 nanoseconds (REFERENCE.md sect
 UUID_OFFSET = 0x30  # 16 bytes
 CHECKSUM_OFFSET = 0x04
 MKFS = "mkfs.erofs"
-TAR_MODE_VERSION = (1, 8)  # ``--tar`` (1.7) and ``--mkfs-time`` (1.8), see ``tarmode``
+TAR_MODE_VERSION = (1, 8, 0)  # ``--tar`` (1.7) and ``--mkfs-time`` (1.8), see ``tarmode``
+SORT_NONE_VERSION = (1, 8, 2)  # ``--sort=none``
 
 
 def layer_uuid(diff_id: str) -> str:
@@ -52,7 +53,7 @@ class Mkfs(NamedTuple):
     """One ``mkfs.erofs`` executable and the erofs-utils version it reports."""
 
     path: str
-    version: tuple[int, int]
+    version: tuple[int, int, int]  # major, minor, patch (0 when not printed)
 
     @property
     def streams_tar(self) -> bool:
@@ -60,7 +61,9 @@ class Mkfs(NamedTuple):
         return self.version >= TAR_MODE_VERSION
 
     def describe(self) -> str:
-        return f"{self.path} (erofs-utils {self.version[0]}.{self.version[1]})"
+        major, minor, patch = self.version
+        text = f"{major}.{minor}.{patch}" if patch else f"{major}.{minor}"
+        return f"{self.path} (erofs-utils {text})"
 
 
 @functools.cache
@@ -75,10 +78,11 @@ def find_mkfs(name: str = MKFS) -> Mkfs:
             raise UsageError(f"{MKFS} is not installed (Debian: apt-get install erofs-utils)")
         raise UsageError(f"{name} is not an executable mkfs.erofs")
     proc = subprocess.run([path, "-V"], capture_output=True, text=True, check=False)
-    match = re.search(r"(\d+)\.(\d+)", proc.stdout + proc.stderr)
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", proc.stdout + proc.stderr)
     if match is None:
         raise UsageError(f"cannot tell which version {path} is; is it mkfs.erofs?")
-    return Mkfs(path, (int(match.group(1)), int(match.group(2))))
+    major, minor, patch = (int(g) if g else 0 for g in match.groups())
+    return Mkfs(path, (major, minor, patch))
 
 
 def mkfs_failed(mkfs: Mkfs, returncode: int, output: str) -> InputOutputError:

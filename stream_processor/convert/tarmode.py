@@ -4,10 +4,11 @@ With erofs-utils >= 1.8 nothing needs unpacking: ``mkfs.erofs`` reads the
 tar on stdin and turns OCI whiteouts into overlayfs ones itself (``--aufs``),
 so a conversion needs neither root nor room for the unpacked tree. The flags
 are containerd's erofs differ's own (``--tar=f --aufs --quiet
--Enoinline_data --sort=none``; the last keeps the data in tar order and saves
-a pass) and ``-T<time> --mkfs-time`` for a fixed build time. erofs-utils 1.7
-already had ``--tar`` but not ``--mkfs-time``; without it the root and every
-directory the tar does not list get the time of the build, so 1.7 is not used.
+-Enoinline_data``, and ``--sort=none`` from 1.8.2, which keeps the data in tar
+order and saves a pass) and ``-T<time> --mkfs-time`` for a fixed build time.
+erofs-utils 1.7 introduced ``--tar``, but ``--mkfs-time`` came with 1.8
+(erofs-utils commit 44ef438); without it the root and every directory the tar
+does not list get the time of the build, so 1.7 is not used.
 
 The layer is still untrusted. Every byte goes to ``mkfs.erofs`` through a
 tee that this process reads with ``TarReader``, and every header is checked
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stream_processor.convert.erofsbuild import Mkfs, finish_image, mkfs_failed
+from stream_processor.convert.erofsbuild import SORT_NONE_VERSION, Mkfs, finish_image, mkfs_failed
 from stream_processor.convert.namespace import Action, LayerNamespace
 from stream_processor.convert.tarlayer import ExtractStats
 from stream_processor.convert.tarstream import TarReader
@@ -44,18 +45,10 @@ def mkfs_tar_command(mkfs: Mkfs, image: Path, fs_uuid: str, build_time: int) -> 
     ``-T --mkfs-time`` (1.8) fixes the build time without touching the files'
     own mtimes; directories the tar does not list (often the root) get it too.
     """
-    return [
-        mkfs.path,
-        "--tar=f",
-        "--aufs",
-        "--quiet",
-        "-Enoinline_data",
-        "--sort=none",
-        f"-T{build_time}",
-        "--mkfs-time",
-        f"-U{fs_uuid}",
-        str(image),
-    ]
+    cmd = [mkfs.path, "--tar=f", "--aufs", "--quiet", "-Enoinline_data"]
+    if mkfs.version >= SORT_NONE_VERSION:
+        cmd.append("--sort=none")
+    return [*cmd, f"-T{build_time}", "--mkfs-time", f"-U{fs_uuid}", str(image)]
 
 
 class _Tee(io.RawIOBase):
