@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,8 @@ from tests.test_containerd_daemon import (
     _write_wrapper,
     build_oci_archive,
     describe_tree,
+    stop_daemon,
+    tar_zstd_snippet,
 )
 
 pytestmark = [
@@ -82,17 +83,7 @@ class Daemon2:
 
 def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     """The generated 2.1 snippet, a hand-written erofs+zstd entry, and a private daemon."""
-    profile = cc.profile_for("2.1")
-    snippet = cc.render(
-        cc.SnippetOptions(
-            profile=profile,
-            executable=cc.Executable(str(wrapper)),
-            routes=cc.resolve_routes(["tar+zstd"], profile),
-            log_file=str(log_file),
-            log_level="info",
-            platform=cc.host_platform(),
-        )
-    )
+    snippet = tar_zstd_snippet("2.1", wrapper, log_file)
     q = cc.toml_string
     disabled = [*DISABLED_PLUGINS, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
     head = [
@@ -156,12 +147,7 @@ def daemon() -> Iterator[Daemon2]:
                 time.sleep(0.1)
             yield d
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_daemon(proc)
             subprocess.run(["umount", "-R", str(base / "state")], capture_output=True)
             shutil.rmtree(base, ignore_errors=True)
 

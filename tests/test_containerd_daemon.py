@@ -91,18 +91,24 @@ def _write_wrapper(bin_dir: Path) -> Path:
     return wrapper
 
 
-def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
-    """The generated 1.6 snippet (tar+zstd route, info logging) plus a private root and socket."""
-    profile = cc.profile_for("1.6")
-    snippet = cc.render(
+def tar_zstd_snippet(version: str, wrapper: Path, log_file: Path) -> str:
+    """What ``config --containerd-version VERSION --routes tar+zstd`` prints, info logging."""
+    profile = cc.profile_for(version)
+    return cc.render(
         cc.SnippetOptions(
             profile=profile,
             executable=cc.Executable(str(wrapper)),
             routes=cc.resolve_routes(["tar+zstd"], profile),
             log_file=str(log_file),
             log_level="info",
+            platform=cc.host_platform(),
         )
     )
+
+
+def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
+    """The generated 1.6 snippet (tar+zstd route, info logging) plus a private root and socket."""
+    snippet = tar_zstd_snippet("1.6", wrapper, log_file)
     head = [
         f"root = {cc.toml_string(str(base / 'root'))}",
         f"state = {cc.toml_string(str(base / 'state'))}",
@@ -117,6 +123,16 @@ def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
         f"  address = {cc.toml_string(str(base / 'containerd.sock.ttrpc'))}",
     ]
     return "\n".join(head) + "\n" + snippet + "\n".join(tail) + "\n"
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if containerd has not exited within 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +170,7 @@ def daemon() -> Iterator[Daemon]:
             time.sleep(0.1)
         yield d
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_daemon(proc)
         daemon_log.close()
         shutil.rmtree(base, ignore_errors=True)
 
