@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 
 from stream_processor.convert.erofsbuild import Mkfs, find_mkfs, finish_image, layer_uuid
+from stream_processor.convert.namespace import ExtractStats
+from stream_processor.convert.tarlayer import extract_layer
 from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
@@ -39,15 +41,18 @@ def mkfs() -> Mkfs:
 
 def build(
     mkfs: Mkfs, data: bytes, image: Path, *, uuid: str = UUID, max_bytes: int = 1 << 40
-) -> None:
-    build_from_tar(io.BytesIO(data), image, mkfs=mkfs, fs_uuid=uuid, max_bytes=max_bytes)
+) -> ExtractStats:
+    return build_from_tar(io.BytesIO(data), image, mkfs=mkfs, fs_uuid=uuid, max_bytes=max_bytes)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the rich tree has owners and devices: root")
 def test_streamed_layer_mounts_with_overlay_semantics(mkfs: Mkfs, tmp_path: Path) -> None:
     tree = rich_tree(tmp_path / "tree")
     image = tmp_path / "layer.erofs"
-    build(mkfs, tar_tree(tree), image)
+    stats = build(mkfs, tar_tree(tree), image)
+    (tmp_path / "unpacked").mkdir()
+    assert stats == extract_layer(io.BytesIO(tar_tree(tree)), tmp_path / "unpacked")
+    assert (stats.whiteouts, stats.opaque_dirs, stats.hardlinks) == (1, 1, 1)
     fsck = subprocess.run(["fsck.erofs", str(image)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     with mounted(image, tmp_path / "mnt") as mnt:

@@ -35,8 +35,9 @@ from stream_processor.convert.erofsbuild import (
     finish_image,
     layer_uuid,
 )
+from stream_processor.convert.namespace import ExtractStats
 from stream_processor.convert.oci import Json, Layout
-from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, ExtractStats, extract_layer
+from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
 from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError, ProcessorError, Terminated, UsageError
 from stream_processor.mediatypes import Compression

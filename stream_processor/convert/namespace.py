@@ -10,12 +10,13 @@ directory), whites out a path the layer also adds, has a type an image
 layer has no business with, or declares more bytes than the layer budget.
 
 ``LayerNamespace.plan`` checks one entry against what the layer has named so
-far and records it; it touches no file system, so a refused layer has
-written nothing, whichever builder runs it.
+far and records it (and counts it in ``stats``); it touches no file system,
+so a refused layer has written nothing, whichever builder runs it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
@@ -50,8 +51,29 @@ class Plan(NamedTuple):
     rel: str  # layer-relative path ("" is the root); for a whiteout, the path it hides
     new_parents: tuple[str, ...]  # ancestors not seen before, outermost first
     link_target: str = ""  # HARDLINK: the earlier entry's layer-relative path
-    target_kind: str = ""  # HARDLINK: that entry's kind (FILE, SYMLINK or OTHER)
     new_dir: bool = False  # DIRECTORY: not created before (as a parent of an earlier entry)
+
+
+@dataclass
+class ExtractStats:
+    """What one layer contained; used in the conversion report and in tests."""
+
+    entries: int = 0
+    file_bytes: int = 0  # declared by regular files: what the layer budget counts
+    whiteouts: int = 0
+    opaque_dirs: int = 0
+    hardlinks: int = 0
+
+    def record(self, action: Action, size: int) -> None:
+        self.entries += 1
+        if action is Action.FILE:
+            self.file_bytes += size
+        elif action is Action.HARDLINK:
+            self.hardlinks += 1
+        elif action is Action.WHITEOUT:
+            self.whiteouts += 1
+        elif action is Action.OPAQUE:
+            self.opaque_dirs += 1
 
 
 def clean_name(name: str, what: str = "entry") -> str:
@@ -75,16 +97,21 @@ def _split(rel: str) -> tuple[str, str]:
 
 
 class LayerNamespace:
-    """Every path one layer has named, by kind, and the bytes its files declare."""
+    """Every path one layer has named, by kind, and what its entries add up to."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_LAYER_BYTES) -> None:
         self.max_bytes = max_bytes
         self.kinds: dict[str, str] = {"": DIR}
         self._explicit_dirs: set[str] = set()
-        self.declared_bytes = 0
+        self.stats = ExtractStats()
 
     def plan(self, member: Entry) -> Plan:
         """Check ``member`` against the layer so far, record it, and say what it does."""
+        plan = self._plan(member)
+        self.stats.record(plan.action, member.size)
+        return plan
+
+    def _plan(self, member: Entry) -> Plan:
         rel = clean_name(member.name)
         parent, base = _split(rel)
         if base.startswith(WHITEOUT_PREFIX):
@@ -109,7 +136,7 @@ class LayerNamespace:
         if member.islnk():
             target, kind = self._link_target(member)
             self.kinds[rel] = kind
-            return Plan(Action.HARDLINK, rel, new_parents, link_target=target, target_kind=kind)
+            return Plan(Action.HARDLINK, rel, new_parents, link_target=target)
         if member.ischr() or member.isblk() or member.isfifo():
             self.kinds[rel] = OTHER
             return Plan(Action.DEVICE, rel, new_parents)
@@ -173,12 +200,11 @@ class LayerNamespace:
         return Plan(Action.WHITEOUT, rel, new_parents)
 
     def _charge(self, member: Entry) -> None:
-        if self.declared_bytes + member.size > self.max_bytes:
+        if self.stats.file_bytes + member.size > self.max_bytes:
             raise DataError(
                 f"tar entry {member.name!r} declares {member.size} bytes, more than the layer "
                 f"limit of {self.max_bytes} bytes allows"
             )
-        self.declared_bytes += member.size
 
     def _link_target(self, member: Entry) -> tuple[str, str]:
         target = clean_name(member.linkname, what=f"hard link target of {member.name!r}:")

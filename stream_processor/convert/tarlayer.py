@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +35,7 @@ from typing import BinaryIO
 from stream_processor.convert.namespace import (
     DEFAULT_MAX_LAYER_BYTES,
     Action,
+    ExtractStats,
     LayerNamespace,
     Plan,
     clean_name,
@@ -48,17 +48,6 @@ __all__ = ["DEFAULT_MAX_LAYER_BYTES", "ExtractStats", "clean_name", "extract_lay
 OPAQUE_XATTR = "trusted.overlay.opaque"
 COPY_SIZE = 1 << 20
 FREE_CHECK_SIZE = 1 << 20  # files at least this big are checked against the free space
-
-
-@dataclass
-class ExtractStats:
-    """What one layer contained; used in the conversion report and in tests."""
-
-    entries: int = 0
-    file_bytes: int = 0
-    whiteouts: int = 0
-    opaque_dirs: int = 0
-    hardlinks: int = 0
 
 
 @dataclass
@@ -75,7 +64,6 @@ class _State:
     root: str  # a plain string: pathlib costs more than the syscalls on small files
     names: LayerNamespace
     dirs: dict[str, _DirMeta] = field(default_factory=dict)
-    stats: ExtractStats = field(default_factory=ExtractStats)
 
 
 def extract_layer(
@@ -83,24 +71,19 @@ def extract_layer(
     root: Path,
     *,
     max_bytes: int = DEFAULT_MAX_LAYER_BYTES,
-    on_entry: Callable[[int], None] | None = None,
 ) -> ExtractStats:
     """Unpack the tar ``stream`` into the empty directory ``root`` with overlay semantics.
 
     Reads the stream only up to the tar end-of-archive marker; the caller
-    drains the rest if it needs a digest of every byte. ``on_entry`` is
-    called with the running count of file bytes, for progress.
+    drains the rest if it needs a digest of every byte.
     """
     state = _State(root=os.fspath(root), names=LayerNamespace(max_bytes))
     state.dirs[""] = _DirMeta()
     reader = TarReader(stream)
     for member in reader:
         _apply(state, reader, member)
-        state.stats.entries += 1
-        if on_entry is not None:
-            on_entry(state.stats.file_bytes)
     _finish_dirs(state)
-    return state.stats
+    return state.names.stats
 
 
 def _apply(state: _State, reader: TarReader, member: Entry) -> None:
@@ -121,7 +104,6 @@ def _apply(state: _State, reader: TarReader, member: Entry) -> None:
         elif action is Action.HARDLINK:
             # shares the target's inode: its metadata is the target's
             os.link(f"{state.root}/{plan.link_target}", path, follow_symlinks=False)
-            state.stats.hardlinks += 1
         elif action is Action.DEVICE:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             if member.isfifo():
@@ -132,10 +114,8 @@ def _apply(state: _State, reader: TarReader, member: Entry) -> None:
             os.mknod(path, stat.S_IFCHR, os.makedev(0, 0))
             os.lchown(path, member.uid, member.gid)
             os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-            state.stats.whiteouts += 1
         elif action is Action.OPAQUE:
             os.setxattr(path, OPAQUE_XATTR, b"y")
-            state.stats.opaque_dirs += 1
     except OSError as exc:
         raise _os_error(member.name, exc) from None
 
@@ -180,7 +160,6 @@ def _regular(state: _State, reader: TarReader, member: Entry, path: str) -> None
         os.utime(fd, (member.mtime, member.mtime))
     finally:
         os.close(fd)
-    state.stats.file_bytes += size
 
 
 def _set_meta(path: str, member: Entry, *, is_link: bool) -> None:

@@ -25,13 +25,11 @@ import io
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from stream_processor.convert.erofsbuild import SORT_NONE_VERSION, Mkfs, finish_image, mkfs_failed
-from stream_processor.convert.namespace import Action, LayerNamespace
-from stream_processor.convert.tarlayer import ExtractStats
+from stream_processor.convert.namespace import ExtractStats, LayerNamespace
 from stream_processor.convert.tarstream import TarReader
 from stream_processor.errors import DataError
 from stream_processor.sink import widen_pipe
@@ -81,7 +79,6 @@ def build_from_tar(
     fs_uuid: str,
     build_time: int = 0,
     max_bytes: int,
-    on_entry: Callable[[int], None] | None = None,
 ) -> ExtractStats:
     """Stream the whole tar ``stream`` through ``mkfs.erofs --tar=f`` into ``image``.
 
@@ -89,7 +86,6 @@ def build_from_tar(
     may be a placeholder: ``finish_image`` runs with the real one afterwards
     when the caller knows it, see ``erofsbuild``.
     """
-    stats = ExtractStats()
     names = LayerNamespace(max_bytes)
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
@@ -105,9 +101,7 @@ def build_from_tar(
             tee = io.BufferedReader(_Tee(stream, proc.stdin.fileno()), READ_SIZE)
             reader = TarReader(tee)
             for member in reader:
-                _count(stats, names.plan(member).action, member.size)
-                if on_entry is not None:
-                    on_entry(stats.file_bytes)
+                names.plan(member)
             reader = None  # every entry seen and accepted
             while tee.read(READ_SIZE):  # the end-of-archive blocks and anything after
                 pass
@@ -130,7 +124,7 @@ def build_from_tar(
     if not image.exists():
         raise DataError("mkfs.erofs wrote no image")
     finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
-    return stats
+    return names.stats
 
 
 def _close(proc: subprocess.Popen[bytes]) -> None:
@@ -138,15 +132,3 @@ def _close(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(BrokenPipeError):
         proc.stdin.close()
     proc.wait()
-
-
-def _count(stats: ExtractStats, action: Action, size: int) -> None:
-    stats.entries += 1
-    if action is Action.FILE:
-        stats.file_bytes += size
-    elif action is Action.HARDLINK:
-        stats.hardlinks += 1
-    elif action is Action.WHITEOUT:
-        stats.whiteouts += 1
-    elif action is Action.OPAQUE:
-        stats.opaque_dirs += 1
