@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stream_processor.convert.erofsbuild import SORT_NONE_VERSION, Mkfs, finish_image, mkfs_failed
+from stream_processor.convert.erofsbuild import SORT_NONE_VERSION, Mkfs, mkfs_failed
 from stream_processor.convert.namespace import ExtractStats, LayerNamespace
 from stream_processor.convert.tarstream import TarReader
 from stream_processor.errors import DataError
@@ -82,9 +82,10 @@ def build_from_tar(
 ) -> ExtractStats:
     """Stream the whole tar ``stream`` through ``mkfs.erofs --tar=f`` into ``image``.
 
-    Reads ``stream`` to its end (``mkfs.erofs`` gets every byte). The UUID
-    may be a placeholder: ``finish_image`` runs with the real one afterwards
-    when the caller knows it, see ``erofsbuild``.
+    Reads ``stream`` to its end (``mkfs.erofs`` gets every byte). ``-T`` and
+    ``-U`` put ``build_time`` and ``fs_uuid`` in the superblock; a caller that
+    learns the real UUID only afterwards fixes it with
+    ``erofsbuild.finish_image``.
     """
     names = LayerNamespace(max_bytes)
     with tempfile.TemporaryFile() as errors:
@@ -123,7 +124,6 @@ def build_from_tar(
             )
     if not image.exists():
         raise DataError("mkfs.erofs wrote no image")
-    finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
     return names.stats
 
 
