@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_processor.convert.erofsbuild import build_from_directory, layer_uuid, set_build_time
+from stream_processor.convert.erofsbuild import build_from_directory, finish_image, layer_uuid
 from stream_processor.convert.tarlayer import clean_name, extract_layer
 from stream_processor.errors import DataError
 from tests.oci_builder import expected_layer, snapshot, tar_tree
@@ -224,11 +224,11 @@ def test_layer_uuid_is_containerds() -> None:
     assert layer_uuid(digest) == str(uuid.uuid5(uuid.NAMESPACE_URL, f"erofs:blobs/{digest}"))
 
 
-def test_set_build_time_keeps_a_valid_checksum(tmp_path: Path, erofs_image: Path) -> None:
+def test_finish_image_keeps_a_valid_checksum(tmp_path: Path, erofs_image: Path) -> None:
     from stream_processor.superblock import validate
 
     image = tmp_path / "img"
     image.write_bytes(erofs_image.read_bytes())
-    set_build_time(image, 1234, 5)
+    finish_image(image, build_time=1234, nanoseconds=5)
     sb = validate(image.read_bytes()[:8192])
     assert (sb.build_time, sb.build_time_nsec) == (1234, 5)

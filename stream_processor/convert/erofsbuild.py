@@ -102,11 +102,6 @@ def build_from_directory(
     finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
 
 
-def set_build_time(image: Path, seconds: int, nanoseconds: int = 0) -> None:
-    """Overwrite the superblock build time in place and recompute its checksum."""
-    finish_image(image, build_time=seconds, nanoseconds=nanoseconds)
-
-
 def finish_image(
     image: Path, *, build_time: int, nanoseconds: int = 0, fs_uuid: str | None = None
 ) -> None:

@@ -356,17 +356,13 @@ def _read_tar(
         tar.drain()
         while blob.read(READ_SIZE):  # anything after the compressed stream still counts
             pass
-    return stats, tar.size, _checked_diff_id(what, tar, expected_diff_id)
-
-
-def _checked_diff_id(what: str, tar: HashingReader, expected: str | None) -> str:
     diff_id = tar.digest
-    if expected is not None and expected != diff_id:
+    if expected_diff_id is not None and expected_diff_id != diff_id:
         raise DataError(
             f"{what}: its uncompressed tar hashes to {diff_id}, but the image config "
-            f"lists diff_id {expected}"
+            f"lists diff_id {expected_diff_id}"
         )
-    return diff_id
+    return stats, tar.size, diff_id
 
 
 def _rewrap(
