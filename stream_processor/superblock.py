@@ -40,8 +40,7 @@ INCOMPAT_NAMES = {  # the kernel's erofs_fs.h; some bits carry two names
 Buffer = bytes | bytearray | memoryview
 
 _LAYOUT = struct.Struct("<IIIBBHQQIIII16s16sI")
-_ROOTNID_8B = struct.Struct("<Q")  # at 0x70, the root nid when 48BIT is on
-_ROOTNID_8B_OFFSET = 0x70
+_ROOTNID_8B_OFFSET = 0x70  # u64: the root nid when 48BIT is on
 
 
 def _page_shift() -> int:
@@ -145,10 +144,10 @@ def parse(head: Buffer) -> Superblock:
         # 48-bit layout: the 16 bits at 0x0E are the block count's top bits, and the
         # root nid moves to a 64-bit field at 0x70.
         start = SUPERBLOCK_OFFSET + _ROOTNID_8B_OFFSET
-        rootnid = bytes(head[start : start + _ROOTNID_8B.size])
+        rootnid = bytes(head[start : start + 8])
         sb = sb._replace(
             blocks=sb.blocks | (sb.root_nid << 32),
-            root_nid=_ROOTNID_8B.unpack(rootnid)[0] if len(rootnid) == 8 else sb.root_nid,
+            root_nid=int.from_bytes(rootnid, "little") if len(rootnid) == 8 else sb.root_nid,
         )
     return sb
 
