@@ -73,6 +73,10 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _truncated(what: str) -> DataError:
+    return DataError(f"layer tar ends early, inside {what}")
+
+
 def _string(field_bytes: bytes) -> bytes:
     end = field_bytes.find(b"\0")
     return field_bytes if end < 0 else field_bytes[:end]
@@ -103,7 +107,7 @@ class TarReader:
         self._left = 0  # unread data bytes of the current entry
         self._pad = 0  # padding after them
         self._globals: dict[str, str] = {}
-        self._current = ""  # what the data being skipped belongs to, for messages
+        self._current: Entry | None = None  # whose data is being read, for messages
         self.offset = 0
 
     def _read_exact(self, n: int, what: str) -> bytes:
@@ -115,7 +119,7 @@ class TarReader:
             while got < n:
                 more = self._f.read(n - got)
                 if not more:
-                    raise DataError(f"layer tar ends early, inside {what}")
+                    raise _truncated(what)
                 parts.append(more)
                 got += len(more)
             data = b"".join(parts)
@@ -143,9 +147,14 @@ class TarReader:
 
     def _skip_rest(self) -> None:
         todo = self._left + self._pad
-        while todo:
-            chunk = self._read_exact(min(todo, 1 << 20), self._current)
-            todo -= len(chunk)
+        try:
+            while todo:
+                chunk = self._read_exact(min(todo, 1 << 20), "")
+                todo -= len(chunk)
+        except DataError:  # named only now: per entry, a message nobody reads costs time
+            entry = self._current
+            assert entry is not None  # there is data to skip only after an entry
+            raise _truncated(f"entry {entry.name!r} (declared {entry.size} bytes)") from None
         self._left = self._pad = 0
 
     def _payload(self, size: int, what: str) -> bytes:
@@ -185,7 +194,7 @@ class TarReader:
             pax = {}
             self._left = entry.size if entry.isreg() else 0
             self._pad = -self._left % BLOCK
-            self._current = f"entry {entry.name!r} (declared {entry.size} bytes)"
+            self._current = entry
             yield entry
 
     def _entry(
