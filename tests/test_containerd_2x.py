@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from tests.test_containerd_daemon import (
     describe_tree,
     stop_daemon,
     tar_zstd_snippet,
+    wait_until_ready,
 )
 
 pytestmark = [
@@ -139,12 +139,14 @@ def daemon() -> Iterator[Daemon2]:
         )
         d = Daemon2(base, base / "c.sock", base / "root", log_file, (version[0], version[1]))
         try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while not (d.socket.exists() and d.ctr("default", "version").returncode == 0):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (base / "daemon.log").read_text(errors="replace")[-1500:]
-                    pytest.fail(f"containerd {out.strip()} did not start: {tail}")
-                time.sleep(0.1)
+            problem = wait_until_ready(
+                proc,
+                lambda: d.socket.exists() and d.ctr("default", "version").returncode == 0,
+                base / "daemon.log",
+                START_TIMEOUT,
+            )
+            if problem:
+                pytest.fail(f"{out.strip()} {problem}")
             yield d
         finally:
             stop_daemon(proc)

@@ -25,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,21 @@ def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     return "\n".join(head) + "\n" + snippet + "\n".join(tail) + "\n"
 
 
+def wait_until_ready(
+    proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float
+) -> str | None:
+    """None once ``ready()``; else why not (exited, or no answer in time) with the log's tail."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            what = (
+                "could not start" if proc.poll() is not None else f"did not answer in {timeout} s"
+            )
+            return f"{what}: {log.read_text(errors='replace')[-1500:]}"
+        time.sleep(0.1)
+    return None
+
+
 def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM, then SIGKILL if containerd has not exited within 15 s."""
     proc.send_signal(signal.SIGTERM)
@@ -157,17 +172,14 @@ def daemon() -> Iterator[Daemon]:
     )
     d = Daemon(base, socket, base / "root", config, log_file, proc)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                tail = (base / "daemon.log").read_text(errors="replace")[-1500:]
-                pytest.skip(f"containerd could not start on this machine: {tail}")
-            if socket.exists() and d.ctr("version", timeout=5).returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                tail = (base / "daemon.log").read_text(errors="replace")[-1500:]
-                pytest.skip(f"containerd did not answer within {START_TIMEOUT} s: {tail}")
-            time.sleep(0.1)
+        problem = wait_until_ready(
+            proc,
+            lambda: socket.exists() and d.ctr("version", timeout=5).returncode == 0,
+            base / "daemon.log",
+            START_TIMEOUT,
+        )
+        if problem:
+            pytest.skip(f"containerd {problem}")
         yield d
     finally:
         stop_daemon(proc)
