@@ -62,13 +62,17 @@ def _popen(
     stdout: int,
     fd3: int | None = None,
     env: dict[str, str] | None = None,
+    close_fd: int | None = None,
 ) -> subprocess.Popen[bytes]:
+    """The processor under the address-space cap; ``close_fd`` is closed before exec."""
     limit = rh.limit_address_space()
 
     def preexec() -> None:
         limit()
         if fd3 is not None:
             os.dup2(fd3, 3)
+        if close_fd is not None:
+            os.close(close_fd)
 
     return subprocess.Popen(
         rh.processor_cmd(media_type, *args),
@@ -262,15 +266,7 @@ def stdin_unreadable(layers: Layers, kind: str, tmp: Path) -> FaultResult:
         peer.close()  # RST: the processor's next read fails with ECONNRESET
         want = "cannot read the input: Connection reset by peer"
     else:
-        proc = subprocess.Popen(
-            rh.processor_cmd(rh.ZSTD_ROUTE),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=rh.processor_env(),
-            cwd=rh.ROOT,
-            preexec_fn=lambda: os.close(0),
-        )
+        proc = _popen(rh.ZSTD_ROUTE, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fd=0)
         want = "stdin is not open"
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -309,15 +305,7 @@ def stdin_is_directory(tmp: Path) -> FaultResult:
 
 def stdout_not_open(layers: Layers) -> FaultResult:
     started = time.monotonic()
-    proc = subprocess.Popen(
-        rh.processor_cmd(rh.ZSTD_ROUTE),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=rh.processor_env(),
-        cwd=rh.ROOT,
-        preexec_fn=lambda: os.close(1),
-    )
+    proc = _popen(rh.ZSTD_ROUTE, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fd=1)
     assert proc.stdin is not None
     try:
         proc.stdin.write(layers.zstd)
