@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from tests.oci_builder import (
     snapshot,
     tar_tree,
 )
-from tests.test_convert_tarlayer import rich_tree
+from tests.test_convert_tarlayer import _huge_header, _special, _tar, rich_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
 
@@ -460,19 +461,31 @@ def _one_line_error(proc: subprocess.CompletedProcess[bytes], code: int, text: s
     assert proc.stdout == b""
 
 
-def test_hostile_layer_fails_cleanly(tmp_path: Path) -> None:
-    import io
-    import tarfile
+HOSTILE_LAYERS: dict[str, tuple[bytes, str]] = {
+    "path traversal": (_tar([("../../escape", b"x")]), "'../../escape' climbs out of the layer"),
+    "absolute path": (_tar([("/etc/evil", b"x")]), "'/etc/evil' is an absolute path"),
+    "symlink escape": (
+        _tar([_special("link", tarfile.SYMTYPE, "/tmp"), ("link/evil", b"x")]),
+        "'link/evil' would be written through the symlink 'link'",
+    ),
+    "huge declared size": (
+        _huge_header("big", 1 << 40),
+        "'big' declares 1099511627776 bytes, more than the layer limit",
+    ),
+    "duplicate entry": (_tar([("a", b"1"), ("a", b"2")]), "'a' appears twice in the layer"),
+}
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("../../escape")
-        info.size = 1
-        tar.addfile(info, io.BytesIO(b"x"))
-    src = build_layout(tmp_path / "src", [Image([buf.getvalue()], "gzip")])
-    proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
-    _one_line_error(proc, 65, "'../../escape' climbs out of the layer")
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_LAYERS))
+def test_hostile_layer_fails_cleanly(builder: list[str], tmp_path: Path, case: str) -> None:
+    """Each class the issue names, with either builder: exit 65, one line naming the entry,
+    nothing on stdout, no DST, nothing written outside the work dir (which is gone too)."""
+    layer, message = HOSTILE_LAYERS[case]
+    src = build_layout(tmp_path / "src", [Image([layer], "gzip")])
+    proc = run_cli(["convert", str(src), str(tmp_path / "dst"), *builder])
+    _one_line_error(proc, 65, message)
     assert not (tmp_path / "dst").exists() and not (tmp_path / "escape").exists()
+    assert not Path("/tmp/evil").exists() and not Path("/etc/evil").exists()
     assert sorted(os.listdir(tmp_path)) == ["src"]  # the staging area is gone too
 
 
@@ -503,8 +516,7 @@ def test_corrupt_blob_is_named(source: Path, tmp_path: Path) -> None:
     data[-12] ^= 0xFF  # inside the gzip trailer: decompresses, but the digest is wrong
     blob.write_bytes(bytes(data))
     proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
-    assert proc.returncode == 65, proc.stderr
-    assert manifest["layers"][1]["digest"].encode() in proc.stderr
+    _one_line_error(proc, 65, manifest["layers"][1]["digest"])
     assert not (tmp_path / "dst").exists()
 
 
