@@ -1,6 +1,6 @@
 """The EROFS superblock: parse it, check its CRC32C, and judge it mountable.
 
-Layout and checksum rule: REFERENCE.md section 3 (little-endian, at byte
+Layout and checksum rule: docs/superblock.md (little-endian, at byte
 1024; CRC32C seeded with 0xFFFFFFFF, no final xor, over the rest of the first
 block with the checksum field read as zero).
 """

@@ -36,7 +36,7 @@ from typing import NamedTuple
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.superblock import SUPERBLOCK_OFFSET, crc32c, parse
 
-BUILD_TIME_OFFSET = 0x18  # u64 seconds, then u32 nanoseconds (REFERENCE.md section 3)
+BUILD_TIME_OFFSET = 0x18  # u64 seconds, then u32 nanoseconds (docs/superblock.md)
 UUID_OFFSET = 0x30  # 16 bytes
 CHECKSUM_OFFSET = 0x04
 MKFS = "mkfs.erofs"
