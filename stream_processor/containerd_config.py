@@ -386,7 +386,7 @@ def erofs_platform(platform_name: str) -> str:
     return f"{base}{EROFS_FEATURE_SUFFIX}/{rest}"
 
 
-def _unpack_entry(platform_name: str) -> list[str]:
+def unpack_entry(platform_name: str) -> list[str]:
     return [
         f"    [[plugins.{toml_string(TRANSFER)}.unpack_config]]",
         f"      platform = {toml_string(platform_name)}",
@@ -420,8 +420,8 @@ def _erofs_plugin_lines(platform_name: str) -> list[str]:
         "  # can rebase, so layers unpack in parallel up to max_concurrent_unpacks.",
         f"  [plugins.{toml_string(TRANSFER)}]",
         f"    max_concurrent_unpacks = {MAX_CONCURRENT_UNPACKS}",
-        *_unpack_entry(platform_name),
-        *_unpack_entry(erofs_platform(platform_name)),
+        *unpack_entry(platform_name),
+        *unpack_entry(erofs_platform(platform_name)),
     ]
 
 

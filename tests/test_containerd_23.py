@@ -454,3 +454,38 @@ def test_feature_shape_runs_with_erofs_platform(daemon: Daemon23, shapes: dict[s
                      "--platform", EROFS_PLATFORM, shape.ref, "run-feature",
                      "/bin/sh", "-c", RUN_CHECKS)  # fmt: skip
     assert (run.returncode, run.stdout) == (0, RUN_EXPECTED), run
+
+
+def test_one_unpack_platform_drops_erofs_images_and_check_says_so(
+    shapes: dict[str, Shape], tmp_path: Path
+) -> None:
+    """What this tool wrote before 2.3 was observed: unpack_config with linux/ARCH only.
+
+    It replaces containerd's two defaults, so a pull for linux(+erofs)/ARCH finds
+    no unpack platform at all; ``config --check`` names that file.
+    """
+    bin23 = _bin23()
+    base = Path(tempfile.mkdtemp(prefix="sp-c23b-"))
+    try:
+        full = snippet_23(_write_wrapper(base / "bin"), base / "processor.log")
+        featured = "\n".join(cc.unpack_entry(EROFS_PLATFORM)) + "\n"
+        assert featured in full
+        old = full.replace(featured, "")
+        (base / "merged.toml").write_text(config_text(base, old))
+        check = subprocess.run(
+            [sys.executable, "-m", "stream_processor", "config", "--check",
+             str(base / "merged.toml"), "--containerd-version", "2.3"],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert check.returncode == 1, check.stdout
+        assert f"no linux(+erofs)/ARCH platform (only {HOST})" in check.stdout, check.stdout
+        proc, d = start_daemon(bin23, base, old)
+        try:
+            got = pull(d, "old", shapes["feature"].ref, "--platform", EROFS_PLATFORM)
+            assert got.code != 0 and "no unpack platforms defined" in got.error, got
+            assert got.records == [] and got.layer_digests == []
+        finally:
+            stop_daemon(proc)
+    finally:
+        subprocess.run(["umount", "-R", str(base / "state")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
