@@ -1,7 +1,7 @@
 """containerd ``config.toml`` for this processor: write the right snippet, check an existing one.
 
 Which media type string containerd sends a processor depends on the
-containerd version and on its differ (REFERENCE.md section 2): stock 2.3
+containerd version and on its differ (docs/containerd.md section 1): stock 2.3
 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route and rejects
 ``+gzip`` before any processor runs, a differ patched as in containerd
 PR 12506 sends ``application/vnd.erofs.layer.v1+zstd|gzip`` under its own

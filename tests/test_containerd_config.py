@@ -1,7 +1,7 @@
 """The ``config`` command: snippets per containerd version/differ, and ``--check``.
 
-The routing facts asserted here are REFERENCE.md section 2; the real-daemon
-test (test_containerd_daemon.py) runs a generated config on containerd 1.6.20.
+The routing facts asserted here are docs/containerd.md section 1; the real-daemon
+tests run generated configs on containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
 """
 
 from __future__ import annotations
