@@ -129,10 +129,11 @@ def snippet_23(wrapper: Path, log_file: Path) -> str:
     )
 
 
-def config_text(base: Path, snippet: str) -> str:
+def config_text(base: Path, snippet: str, disable: tuple[str, ...] = ()) -> str:
     """The generated snippet plus a private root, state and socket, and debug logging."""
     q = cc.toml_string
     disabled = [*DISABLED_PLUGINS, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
+    disabled += disable
     head = [
         f"root = {q(str(base / 'root'))}",
         f"state = {q(str(base / 'state'))}",
@@ -151,11 +152,14 @@ def config_text(base: Path, snippet: str) -> str:
     return "\n".join(head) + "\n" + snippet + tail
 
 
-def start_daemon(bin23: Path, base: Path, snippet: str) -> tuple[subprocess.Popen[bytes], Daemon23]:
+def start_daemon(
+    bin23: Path, base: Path, snippet: str, disable: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[bytes], Daemon23]:
     mkfs = Path(tar_mode_mkfs())  # the erofs differ needs mkfs.erofs --tar for tar layers
+    base.mkdir(parents=True, exist_ok=True)
     log_file = base / "processor.log"
     config = base / "config.toml"
-    config.write_text(config_text(base, snippet))
+    config.write_text(config_text(base, snippet, disable))
     runc = shutil.which("runc") or "/usr/sbin/runc"
     path = f"{mkfs.parent}:{bin23}:{Path(runc).parent}:{os.environ['PATH']}"
     d = Daemon23(bin23, base, base / "c.sock", base / "root", log_file, base / "daemon.log")
@@ -346,13 +350,15 @@ MODES = {
 }
 
 
-def pull(daemon: Daemon23, namespace: str, ref: str, *flags: str) -> Pull:
+def pull(
+    daemon: Daemon23, namespace: str, ref: str, *flags: str, snapshotter: str = "erofs"
+) -> Pull:
     log_at = daemon.daemon_log.stat().st_size
     records_at = len(daemon.records())
     files_before = daemon.layer_files()
     started = time.monotonic()
     result = daemon.ctr(
-        namespace, "images", "pull", "--plain-http", "--snapshotter", "erofs", *flags, ref
+        namespace, "images", "pull", "--plain-http", "--snapshotter", snapshotter, *flags, ref
     )
     seconds = time.monotonic() - started
     with open(daemon.daemon_log, "rb") as fh:
@@ -488,4 +494,41 @@ def test_one_unpack_platform_drops_erofs_images_and_check_says_so(
             stop_daemon(proc)
     finally:
         subprocess.run(["umount", "-R", str(base / "state")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_node_without_erofs_snapshotter(shapes: dict[str, Shape], tmp_path: Path) -> None:
+    """What a 2.3 node without the erofs snapshotter shows (the README's Kubernetes section).
+
+    With containerd's own defaults (overlayfs, walking differ) the EROFS layer reaches the
+    walking differ, which has no processor for it. With this tool's snippet but the erofs
+    plugins missing, the transfer service (which ``ctr images pull`` and CRI use) does not
+    load at all, because its unpack_config names the erofs snapshotter.
+    """
+    bin23 = _bin23()
+    ref = shapes["plain"].ref
+    base = Path(tempfile.mkdtemp(prefix="sp-c23n-"))
+    try:
+        proc, d = start_daemon(bin23, base / "stock", "version = 3\n")
+        try:
+            got = pull(d, "stock", ref, snapshotter="overlayfs")
+            assert got.code != 0 and "to overlayfs" in got.error, got
+            assert (
+                "failed to get stream processor for application/vnd.erofs.layer.v1+zstd: "
+                "no processor for media-type" in got.error
+            ), got
+        finally:
+            stop_daemon(proc)
+        snippet = snippet_23(_write_wrapper(base / "bin"), base / "processor.log")
+        missing = (cc.EROFS_SNAPSHOTTER, cc.EROFS_DIFFER)
+        proc, d = start_daemon(bin23, base / "ours", snippet, missing)
+        try:
+            got = pull(d, "ours", ref)
+            assert got.code != 0, got
+            assert "unknown service containerd.services.transfer.v1.Transfer" in got.error, got
+        finally:
+            stop_daemon(proc)
+    finally:
+        for state in base.glob("*/state"):
+            subprocess.run(["umount", "-R", str(state)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)

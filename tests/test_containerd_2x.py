@@ -1,6 +1,7 @@
 """A real containerd 2.x before 2.3 (Debian unstable's 2.1) with its erofs snapshotter and differ.
 
-The "<= 2.2" row of docs/containerd.md section 1 is observed here, not read. ``.ci/fetch-containerd`` puts Debian unstable's containerd (2.1.x)
+The "<= 2.2" row of docs/containerd.md section 1 is observed here, not read.
+``.ci/fetch-containerd`` puts Debian unstable's containerd (2.1.x)
 under ``.tools/`` and these tests run it with a private root, state and
 socket, the erofs snapshotter and the erofs differ (with erofs-utils 1.8's
 ``mkfs.erofs`` from ``.ci/fetch-erofs-utils`` on its PATH), and this
