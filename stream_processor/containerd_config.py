@@ -43,7 +43,7 @@ EROFS_FEATURE_SUFFIX = "(+erofs)"  # platforms.FormatAll's spelling of the OS fe
 # "rebase" capability, so containerd 2.3 unpacks layers in parallel when this
 # is above 1 (its default is 1); the value is the measured best on a 2-core
 # node (docs/containerd.md, "max_concurrent_unpacks").
-MAX_CONCURRENT_UNPACKS = 3
+MAX_CONCURRENT_UNPACKS = 2
 
 STOCK = "stock"
 PR12506 = "pr12506"

@@ -60,6 +60,7 @@ from tests.test_containerd_daemon import (
     stop_daemon,
     wait_until_ready,
 )
+from tests.test_convert_image import manifests
 
 BIN_ENV = "EROFS_SP_CONTAINERD23_BIN"
 START_TIMEOUT = 30.0
@@ -252,26 +253,6 @@ def _source_layout(root: Path, trees: list[Path]) -> Path:
     return builder.finish([builder.json_blob(inner, OCI_INDEX)], ref="latest")
 
 
-def _configs(layout: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(manifest, config) of every image manifest in ``layout``."""
-    out = []
-
-    def blob(digest: str) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads((layout / "blobs" / "sha256" / digest[7:]).read_bytes())
-        return doc
-
-    def walk(index: dict[str, Any]) -> None:
-        for desc in index["manifests"]:
-            doc = blob(desc["digest"])
-            if "manifests" in doc:
-                walk(doc)
-            else:
-                out.append((doc, blob(doc["config"]["digest"])))
-
-    walk(json.loads((layout / "index.json").read_bytes()))
-    return out
-
-
 SHAPES = {
     # name: (convert options, skopeo --all)
     "plain": ((), True),  # convert's default: an index, no OS feature anywhere
@@ -298,7 +279,7 @@ def shapes(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> dict
         )
         assert proc.returncode == 0, proc.stderr.decode()
         report = json.loads(proc.stdout)
-        found = _configs(dst)
+        found = [(m, c) for _, m, c in manifests(dst)]
         erofs = [
             c for m, c in found if m["layers"][0]["mediaType"].startswith("application/vnd.erofs")
         ]
