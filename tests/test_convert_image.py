@@ -636,3 +636,13 @@ def test_keep_source_publishes_tar_and_erofs_manifests(tars: list[bytes], tmp_pa
         ("erofs", "linux/arm64/v8"),
     ]
     assert b"in 2 manifest(s), mixed (erofs) index" in proc.stderr
+
+
+def test_unknown_os_feature_is_a_usage_error(tars: list[bytes], tmp_path: Path) -> None:
+    src = build_layout(tmp_path / "src", [Image(tars[:1], "gzip")])
+    proc = run_cli(["convert", str(src), str(tmp_path / "out"), "--os-feature", "erofs2"])
+    assert proc.returncode == 2 and proc.stdout == b""
+    last = proc.stderr.decode().splitlines()[-1]
+    assert "argument --os-feature: invalid choice: 'erofs2'" in last, last
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no staging directory left
