@@ -196,6 +196,12 @@ def daemon() -> Iterator[Daemon23]:
     wrapper = _write_wrapper(base / "bin")
     proc, d = start_daemon(bin23, base, snippet_23(wrapper, base / "processor.log"))
     try:
+        check = subprocess.run(
+            [sys.executable, "-m", "stream_processor", "config", "--check",
+             str(base / "config.toml"), "--containerd-version", "2.3"],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout  # the file the daemon runs passes --check
         plugins = d.ctr("default", "plugins", "ls").stdout
         for line in (
             "io.containerd.snapshotter.v1    erofs",
