@@ -323,7 +323,7 @@ def _keep_source(plan: _ManifestPlan, layout: Layout, writer: LayoutWriter) -> J
         writer.copy_blob(layout, layer, "layer")
     writer.copy_blob(layout, plan.desc, "manifest")
     desc = dict(plan.desc)
-    desc.setdefault("mediaType", OCI_MANIFEST)
+    desc.setdefault("mediaType", plan.manifest.get("mediaType") or OCI_MANIFEST)
     desc["platform"] = plan.platform
     return desc
 
