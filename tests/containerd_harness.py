@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 READ_SIZE = 32 * 1024  # the erofs differ's io.CopyBuffer size
@@ -424,3 +426,10 @@ def start_registry(binary: str, base: Path, timeout: float = 15.0) -> Registry:
             text = (base / "registry.log").read_text(errors="replace")[-800:]
             raise AssertionError(f"docker-registry did not start: {text}")
         time.sleep(0.1)
+
+
+def log_records(path: Path) -> list[dict[str, Any]]:
+    """The processor's JSON log records in ``path`` (none if it was never written)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

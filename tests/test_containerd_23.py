@@ -43,7 +43,7 @@ import pytest
 
 from stream_processor import containerd_config as cc
 from tests.conftest import ROOT, tar_mode_mkfs
-from tests.containerd_harness import Registry, start_registry
+from tests.containerd_harness import Registry, log_records, start_registry
 from tests.oci_builder import (
     OCI_INDEX,
     RUN_CHECKS,
@@ -107,9 +107,7 @@ class Daemon23:
         )
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+        return log_records(self.log_file)
 
     def layer_files(self) -> set[Path]:
         return set((self.root / cc.EROFS_SNAPSHOTTER).glob("snapshots/*/layer.erofs"))

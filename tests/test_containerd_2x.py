@@ -22,7 +22,6 @@ What they pin down:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ import pytest
 from stream_processor import containerd_config as cc
 from stream_processor import superblock
 from tests.conftest import ROOT, make_tree, require_fetched, tar_mode_mkfs
+from tests.containerd_harness import log_records
 from tests.oci_builder import Image, build_layout, tar_tree
 from tests.test_containerd_daemon import (
     DISABLED_PLUGINS,
@@ -77,9 +77,7 @@ class Daemon2:
         )
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+        return log_records(self.log_file)
 
 
 def config_text(base: Path, wrapper: Path, log_file: Path) -> str:

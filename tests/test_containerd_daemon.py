@@ -35,6 +35,7 @@ import pytest
 from stream_processor import PROG
 from stream_processor import containerd_config as cc
 from tests.conftest import make_tree, require_tool
+from tests.containerd_harness import log_records
 
 pytestmark = pytest.mark.daemon
 
@@ -72,9 +73,7 @@ class Daemon:
         )
 
     def log_records(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+        return log_records(self.log_file)
 
 
 def _write_wrapper(bin_dir: Path) -> Path:

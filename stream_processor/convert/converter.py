@@ -64,7 +64,6 @@ from stream_processor.convert.progress import REFRESH_S, Progress, human
 from stream_processor.errors import DataError, Terminated, UsageError
 
 EROFS_FEATURE = "erofs"
-OS_FEATURES = (EROFS_FEATURE,)  # the only feature a pull path on containerd selects by
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
 
 
