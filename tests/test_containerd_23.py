@@ -220,6 +220,7 @@ def daemon() -> Iterator[Daemon23]:
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
+    _bin23()  # without a 2.3 there is nothing to pull with: skip before any work
     binary = shutil.which("docker-registry")
     if binary is None:
         pytest.skip("docker-registry (Debian package docker-registry) is not installed")
