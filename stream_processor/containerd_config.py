@@ -1,7 +1,7 @@
 """containerd ``config.toml`` for this processor: write the right snippet, check an existing one.
 
 Which media type string containerd sends a processor depends on the
-containerd version and on its differ (REFERENCE.md section 2): stock 2.3
+containerd version and on its differ (docs/containerd.md section 1): stock 2.3
 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route and rejects
 ``+gzip`` before any processor runs, a differ patched as in containerd
 PR 12506 sends ``application/vnd.erofs.layer.v1+zstd|gzip`` under its own
@@ -37,6 +37,13 @@ EROFS_DIFFER = "io.containerd.differ.v1.erofs"
 EROFS_SNAPSHOTTER = "io.containerd.snapshotter.v1.erofs"
 TRANSFER = "io.containerd.transfer.v1.local"
 CRI_IMAGES = "io.containerd.cri.v1.images"
+
+EROFS_FEATURE_SUFFIX = "(+erofs)"  # platforms.FormatAll's spelling of the OS feature
+# Layers the transfer service unpacks at once. The erofs snapshotter has the
+# "rebase" capability, so containerd 2.3 unpacks layers in parallel when this
+# is above 1 (its default is 1); the value is the measured best on a 2-core
+# node (docs/containerd.md, "max_concurrent_unpacks").
+MAX_CONCURRENT_UNPACKS = 2
 
 STOCK = "stock"
 PR12506 = "pr12506"
@@ -371,6 +378,23 @@ def render(options: SnippetOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
+def erofs_platform(platform_name: str) -> str:
+    """``linux/amd64`` -> ``linux(+erofs)/amd64``, the platform containerd 2.3 unpacks
+    images marked with the OS feature ``erofs`` for."""
+    os_name, _, rest = platform_name.partition("/")
+    base = os_name.split("(", 1)[0]
+    return f"{base}{EROFS_FEATURE_SUFFIX}/{rest}"
+
+
+def unpack_entry(platform_name: str) -> list[str]:
+    return [
+        f"    [[plugins.{toml_string(TRANSFER)}.unpack_config]]",
+        f"      platform = {toml_string(platform_name)}",
+        '      snapshotter = "erofs"',
+        '      differ = "erofs"',
+    ]
+
+
 def _erofs_plugin_lines(platform_name: str) -> list[str]:
     return [
         "",
@@ -389,12 +413,15 @@ def _erofs_plugin_lines(platform_name: str) -> list[str]:
         f"  [plugins.{toml_string(DIFF_SERVICE)}]",
         '    default = ["erofs", "walking"]',
         "",
-        "  # Transfer-service pulls (ctr images pull, CRI in 2.x) unpack with this pair.",
+        "  # Transfer-service pulls (ctr images pull, CRI) unpack with these pairs. Setting",
+        "  # unpack_config replaces containerd's two defaults, so both platforms are listed:",
+        "  # images without OS features (convert's default) and ones marked +erofs",
+        "  # (ctr images convert --erofs, convert --os-feature erofs). The erofs snapshotter",
+        "  # can rebase, so layers unpack in parallel up to max_concurrent_unpacks.",
         f"  [plugins.{toml_string(TRANSFER)}]",
-        f"    [[plugins.{toml_string(TRANSFER)}.unpack_config]]",
-        f"      platform = {toml_string(platform_name)}",
-        '      snapshotter = "erofs"',
-        '      differ = "erofs"',
+        f"    max_concurrent_unpacks = {MAX_CONCURRENT_UNPACKS}",
+        *unpack_entry(platform_name),
+        *unpack_entry(erofs_platform(platform_name)),
     ]
 
 
@@ -692,24 +719,7 @@ def _check_erofs_plugins(config: Mapping[str, Any], report: CheckReport) -> None
         report.add(PROBLEM, f'[plugins."{DIFF_SERVICE}"] default lists "walking" before "erofs"')
     else:
         report.add(OK, f"the diff service tries the erofs differ first ({default})")
-    unpack = [
-        u for u in _as_list(_table(plugins, TRANSFER).get("unpack_config")) if isinstance(u, dict)
-    ]
-    erofs_unpack = [u for u in unpack if u.get("snapshotter") == "erofs"]
-    if not erofs_unpack:
-        report.add(
-            PROBLEM,
-            f'[plugins."{TRANSFER}"] has no unpack_config with snapshotter = "erofs"; '
-            "transfer-service pulls unpack into overlayfs and never reach the erofs differ",
-        )
-    elif any(u.get("differ", "erofs") not in ("erofs", "") for u in erofs_unpack):
-        report.add(
-            PROBLEM,
-            f'[plugins."{TRANSFER}"] unpack_config pairs the erofs snapshotter with differ '
-            f'{erofs_unpack[0].get("differ")!r}; use "erofs"',
-        )
-    else:
-        report.add(OK, "transfer-service pulls unpack with the erofs snapshotter and differ")
+    _check_unpack_config(_table(plugins, TRANSFER), report)
     cri = _table(plugins, CRI_IMAGES).get("snapshotter")
     if cri != "erofs":
         report.add(
@@ -719,3 +729,64 @@ def _check_erofs_plugins(config: Mapping[str, Any], report: CheckReport) -> None
         )
     else:
         report.add(OK, "CRI pulls use the erofs snapshotter")
+
+
+def _check_unpack_config(transfer: Mapping[str, Any], report: CheckReport) -> None:
+    """Would transfer-service pulls (``ctr images pull``, CRI) unpack both image shapes with erofs?
+
+    containerd 2.3 matches each manifest's platform against the unpack
+    platforms: ``linux/ARCH`` never matches a manifest that requires the OS
+    feature ``erofs``, ``linux(+erofs)/ARCH`` matches both. An
+    ``unpack_config`` replaces containerd's built-in pair (host platform with
+    overlayfs, ``linux(+erofs)/ARCH`` with erofs), so a file that lists only
+    ``linux/ARCH`` drops every +erofs image (docs/containerd.md).
+    """
+    unpack = [u for u in _as_list(transfer.get("unpack_config")) if isinstance(u, dict)]
+    erofs_unpack = [u for u in unpack if u.get("snapshotter") == "erofs"]
+    wrong_differ = [u for u in erofs_unpack if u.get("differ", "erofs") not in ("erofs", "")]
+    if not erofs_unpack:
+        report.add(
+            PROBLEM,
+            f'[plugins."{TRANSFER}"] has no unpack_config with snapshotter = "erofs"; '
+            "transfer-service pulls unpack into overlayfs and never reach the erofs differ",
+        )
+        return
+    if wrong_differ:
+        report.add(
+            PROBLEM,
+            f'[plugins."{TRANSFER}"] unpack_config pairs the erofs snapshotter with differ '
+            f'{wrong_differ[0].get("differ")!r}; use "erofs"',
+        )
+        return
+    platforms_ = [str(u.get("platform", "")) for u in erofs_unpack]
+    featured = [p for p in platforms_ if EROFS_FEATURE_SUFFIX in p]
+    plain = [p for p in platforms_ if p and EROFS_FEATURE_SUFFIX not in p]
+    if not featured:
+        report.add(
+            PROBLEM,
+            f'[plugins."{TRANSFER}"] unpack_config has no linux(+erofs)/ARCH platform '
+            f"(only {', '.join(platforms_) or 'none'}); it replaces containerd's defaults, so "
+            "images marked with the OS feature erofs (ctr images convert --erofs, convert "
+            "--os-feature erofs) are pulled without unpacking any layer",
+        )
+    if not plain:
+        report.add(
+            PROBLEM,
+            f'[plugins."{TRANSFER}"] unpack_config has no plain linux/ARCH platform with the '
+            "erofs snapshotter; images without OS features (convert's default, every "
+            "ordinary image) are not unpacked into erofs",
+        )
+    if featured and plain:
+        report.add(
+            OK,
+            "transfer-service pulls unpack with the erofs snapshotter and differ "
+            f"({', '.join(platforms_)})",
+        )
+    limit = transfer.get("max_concurrent_unpacks", 1)
+    if not isinstance(limit, int) or limit < 2:
+        report.add(
+            WARNING,
+            f'[plugins."{TRANSFER}"] max_concurrent_unpacks is {limit!r}: layers unpack one '
+            f"after another (the erofs snapshotter can rebase; {MAX_CONCURRENT_UNPACKS} "
+            "measured faster, docs/containerd.md)",
+        )

@@ -2,7 +2,7 @@
 
 Like containerd's ``core/diff/stream.go``: a plain table, matched by exact
 string, plus one rule for the ``*.erofs+zstd|gzip`` family of containerd PR
-12506. See REFERENCE.md section 2 for why the tar routes are here at all:
+12506. See docs/containerd.md section 1 for why the tar routes are here at all:
 containerd 2.3 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route.
 """
 

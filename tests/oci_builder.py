@@ -295,3 +295,60 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         path.unlink()
+
+
+# ---------------------------------------------------------------- a runnable image
+
+# What runs in the container made from ``runnable_trees``: dash builtins only
+# (no other binary is in the image), one line per check, and a non-zero exit
+# if any check fails, so ``ctr run``'s output and status say what the stacked
+# layers look like through the kernel's overlay of EROFS mounts.
+RUN_CHECKS = (
+    'read a < /etc/layer1; read b < /etc/layer2; read c < /etc/layer3; echo "layers: $a $b $c"; '
+    'if [ -e /opt/gone ]; then echo "whiteout: no"; exit 1; else echo "whiteout: yes"; fi; '
+    "if [ -e /data/old ] || [ ! -e /data/new ]; then echo 'opaque: no'; exit 1; "
+    "else echo 'opaque: yes'; fi; "
+    "if [ -u /usr/bin/suid ] && [ -x /usr/bin/suid ]; then echo 'setuid: yes'; "
+    "else echo 'setuid: no'; exit 1; fi"
+)
+RUN_EXPECTED = "layers: one two three\nwhiteout: yes\nopaque: yes\nsetuid: yes\n"
+
+
+def _put(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def runnable_trees(root: Path, bulk: Path | None = None) -> list[Path]:
+    """Three layer trees that make a runnable image: this host's ``/bin/dash`` and the
+    libraries ``ldd`` names, then a whiteout, an opaque directory and a setuid file.
+
+    ``bulk`` (a directory, e.g. ``/usr/share/zoneinfo``) is copied into the top
+    layer under ``/bulk`` to give it some weight.
+    """
+    base, middle, top = root / "l1", root / "l2", root / "l3"
+    libs = subprocess.run(["ldd", "/bin/dash"], capture_output=True, text=True, check=True)
+    for line in libs.stdout.splitlines():
+        parts = line.split()
+        lib = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
+        if lib.startswith("/"):
+            target = base / lib.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.realpath(lib), target)
+            target.chmod(0o755)
+    (base / "bin").mkdir(parents=True)
+    shutil.copyfile("/bin/dash", base / "bin" / "sh")
+    (base / "bin" / "sh").chmod(0o755)
+    _put(base / "etc" / "layer1", "one\n")
+    _put(base / "opt" / "gone", "removed by a whiteout in the next layer\n")
+    _put(base / "data" / "old", "hidden by the next layer's opaque directory\n")
+    _put(base / "usr" / "bin" / "suid", "#!/bin/sh\n", 0o4755)
+    _put(middle / "etc" / "layer2", "two\n")
+    _put(middle / "opt" / f"{WH}gone", "")
+    _put(middle / "data" / OPQ, "")
+    _put(middle / "data" / "new", "new\n")
+    _put(top / "etc" / "layer3", "three\n")
+    if bulk is not None:
+        shutil.copytree(bulk, top / "bulk", symlinks=True)
+    return [base, middle, top]

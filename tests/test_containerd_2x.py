@@ -1,7 +1,7 @@
 """A real containerd 2.x before 2.3 (Debian unstable's 2.1) with its erofs snapshotter and differ.
 
-REFERENCE.md observed 2.3.4 and 1.6.20; the README's "<= 2.2" row was read,
-not seen. ``.ci/fetch-containerd`` puts Debian unstable's containerd (2.1.x)
+The "<= 2.2" row of docs/containerd.md section 1 is observed here, not read.
+``.ci/fetch-containerd`` puts Debian unstable's containerd (2.1.x)
 under ``.tools/`` and these tests run it with a private root, state and
 socket, the erofs snapshotter and the erofs differ (with erofs-utils 1.8's
 ``mkfs.erofs`` from ``.ci/fetch-erofs-utils`` on its PATH), and this
@@ -12,16 +12,16 @@ What they pin down:
 
 - the tar+zstd route: the processor is called, passes the tar through, and
   the erofs differ turns it into the snapshot's ``layer.erofs``;
-- EROFS layers (as ``convert`` writes them, +zstd and +gzip) never reach a processor: the
-  default platform skips the manifest (it carries the OS feature ``erofs``),
-  ``linux(+erofs)/ARCH`` selects it and the unpacker refuses it ("mismatched
-  image rootfs and manifest layers": it does not count EROFS media types as
-  layers), and the transfer service imports it without unpacking.
+- EROFS layers (as ``convert`` writes them, +zstd and +gzip) never reach a processor:
+  the default shape is selected and the unpacker refuses it ("mismatched image rootfs
+  and manifest layers": it does not count EROFS media types as layers); with
+  ``--os-feature erofs`` the default platform skips the manifest and
+  ``linux(+erofs)/ARCH`` selects it, to the same refusal; the transfer service
+  imports it without unpacking.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -37,6 +37,7 @@ import pytest
 from stream_processor import containerd_config as cc
 from stream_processor import superblock
 from tests.conftest import ROOT, make_tree, require_fetched, tar_mode_mkfs
+from tests.containerd_harness import log_records
 from tests.oci_builder import Image, build_layout, tar_tree
 from tests.test_containerd_daemon import (
     DISABLED_PLUGINS,
@@ -76,9 +77,7 @@ class Daemon2:
         )
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.log_file.exists():
-            return []
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+        return log_records(self.log_file)
 
 
 def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
@@ -181,23 +180,28 @@ def test_tar_zstd_layer_goes_through_processor_and_erofs_differ(
 
 
 @pytest.fixture(scope="module", params=["zstd", "gzip"])
-def erofs_archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A two-layer image as ``convert`` writes it (erofs+zstd or +gzip, OS feature ``erofs``)."""
+def erofs_archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """A two-layer image as ``convert`` writes it (erofs+zstd or +gzip), in its default shape
+    (no OS feature) and with ``--os-feature erofs``."""
     base = tmp_path_factory.mktemp("erofs-image")
     trees = [make_tree(base / "t1"), make_tree(base / "t2", scale=2)]
     arch = cc.host_platform().split("/")[1]
     src = build_layout(base / "src", [Image([tar_tree(t) for t in trees], "gzip",
                                             architecture=arch)], ref="latest")  # fmt: skip
-    out = base / "erofs.tar"
-    cmd = [sys.executable, "-m", "stream_processor", "convert", str(src), str(out), "--archive"]
-    cmd += ["--compression", request.param]
-    proc = subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=240)
-    assert proc.returncode == 0, proc.stderr.decode()
+    out = {}
+    for shape, extra in (("plain", []), ("feature", ["--os-feature", "erofs"])):
+        out[shape] = base / f"{shape}.tar"
+        cmd = [sys.executable, "-m", "stream_processor", "convert", str(src), str(out[shape])]
+        cmd += ["--archive", "--compression", request.param, *extra]
+        proc = subprocess.run(cmd, capture_output=True, cwd=ROOT, timeout=240)
+        assert proc.returncode == 0, proc.stderr.decode()
     return out
 
 
 def test_erofs_layers_never_reach_a_processor_before_2_3(
-    daemon: Daemon2, erofs_archive: Path
+    daemon: Daemon2, erofs_archive: dict[str, Path]
 ) -> None:
     if daemon.version >= (2, 3):
         pytest.skip(f"Debian unstable now ships containerd {daemon.version}; this pins <= 2.2")
@@ -205,21 +209,24 @@ def test_erofs_layers_never_reach_a_processor_before_2_3(
     host = cc.host_platform()
     os_name, arch = host.split("/")
     name = ("--base-name", "example.test/erofs")
+    local = ("images", "import", "--local", "--snapshotter", "erofs", *name)
+    # the default shape is selected, and the unpacker refuses the layers outright
+    plain = daemon.ctr("e1", *local, str(erofs_archive["plain"]))
+    assert plain.returncode != 0, plain
+    assert "mismatched image rootfs and manifest layers" in plain.stderr, plain.stderr
     # the default platform (no OS features) does not select a manifest that needs 'erofs'
-    plain = daemon.ctr("e1", "images", "import", "--local", "--snapshotter", "erofs", *name,
-                       str(erofs_archive))  # fmt: skip
-    assert plain.returncode != 0 and "image might be filtered out" in plain.stderr, plain
-    # naming the feature selects it, and the unpacker refuses the layers outright
-    featured = daemon.ctr("e2", "images", "import", "--local", "--snapshotter", "erofs",
-                          "--platform", f"{os_name}(+erofs)/{arch}", *name,
-                          str(erofs_archive))  # fmt: skip
+    skipped = daemon.ctr("e2", *local, str(erofs_archive["feature"]))
+    assert skipped.returncode != 0 and "image might be filtered out" in skipped.stderr, skipped
+    # naming the feature selects it, and the unpacker refuses it the same way
+    featured = daemon.ctr("e3", *local, "--platform", f"{os_name}(+erofs)/{arch}",
+                          str(erofs_archive["feature"]))  # fmt: skip
     assert featured.returncode != 0, featured
     assert "mismatched image rootfs and manifest layers" in featured.stderr, featured.stderr
     # the transfer service imports the image and silently leaves it unpacked
-    transfer = daemon.ctr("e3", "images", "import", "--all-platforms", "--snapshotter", "erofs",
-                          *name, str(erofs_archive))  # fmt: skip
+    transfer = daemon.ctr("e4", "images", "import", "--all-platforms", "--snapshotter", "erofs",
+                          *name, str(erofs_archive["plain"]))  # fmt: skip
     assert transfer.returncode == 0, transfer.stderr
-    check = daemon.ctr("e3", "images", "check")
+    check = daemon.ctr("e4", "images", "check")
     assert "example.test/erofs:latest" in check.stdout and check.stdout.rstrip().endswith("false")
-    # and in none of the three did containerd start a processor for an EROFS layer
+    # and in none of these did containerd start a processor for an EROFS layer
     assert daemon.records()[before:] == []

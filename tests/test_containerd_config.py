@@ -1,7 +1,7 @@
 """The ``config`` command: snippets per containerd version/differ, and ``--check``.
 
-The routing facts asserted here are REFERENCE.md section 2; the real-daemon
-test (test_containerd_daemon.py) runs a generated config on containerd 1.6.20.
+The routing facts asserted here are docs/containerd.md section 1; the real-daemon
+tests run generated configs on containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
 """
 
 from __future__ import annotations
@@ -170,9 +170,12 @@ def test_rendered_23_snippet_has_node_settings(tmp_path: Path) -> None:
     plugins = config["plugins"]
     assert plugins[cc.DIFF_SERVICE]["default"] == ["erofs", "walking"]
     assert plugins[cc.CRI_IMAGES]["snapshotter"] == "erofs"
+    # both of containerd 2.3's unpack platforms, since unpack_config replaces its defaults
     assert plugins[cc.TRANSFER]["unpack_config"] == [
-        {"platform": "linux/arm64", "snapshotter": "erofs", "differ": "erofs"}
+        {"platform": "linux/arm64", "snapshotter": "erofs", "differ": "erofs"},
+        {"platform": "linux(+erofs)/arm64", "snapshotter": "erofs", "differ": "erofs"},
     ]
+    assert plugins[cc.TRANSFER]["max_concurrent_unpacks"] == cc.MAX_CONCURRENT_UNPACKS > 1
     assert cc.EROFS_DIFFER in plugins and cc.EROFS_SNAPSHOTTER in plugins
 
 
@@ -296,8 +299,14 @@ def _break(name: str, config: dict[str, Any], tmp_path: Path) -> None:
         del plugins[cc.TRANSFER]
     elif name == "unpack-with-walking-differ":
         plugins[cc.TRANSFER]["unpack_config"][0]["differ"] = "walking"
+    elif name == "unpack-drops-erofs-feature":  # what this tool wrote before 2.3 was observed
+        del plugins[cc.TRANSFER]["unpack_config"][1]
+    elif name == "unpack-only-erofs-feature":
+        del plugins[cc.TRANSFER]["unpack_config"][0]
     elif name == "cri-overlayfs":
         plugins[cc.CRI_IMAGES]["snapshotter"] = "overlayfs"
+    elif name == "cri-snapshotter-unset":
+        del plugins[cc.CRI_IMAGES]
     elif name == "config-version-2":
         config["version"] = 2
     elif name == "erofs-snapshotter-disabled":
@@ -329,7 +338,10 @@ BROKEN = {
     "walking-before-erofs": 'lists "walking" before "erofs"',
     "no-unpack-config": 'no unpack_config with snapshotter = "erofs"',
     "unpack-with-walking-differ": "pairs the erofs snapshotter with differ 'walking'",
+    "unpack-drops-erofs-feature": "no linux(+erofs)/ARCH platform (only linux/amd64)",
+    "unpack-only-erofs-feature": "no plain linux/ARCH platform with the erofs snapshotter",
     "cri-overlayfs": "Kubernetes pulls will not use EROFS",
+    "cri-snapshotter-unset": "snapshotter is unset (overlayfs)",
     "config-version-2": "config version is 2",
     "erofs-snapshotter-disabled": f"{cc.EROFS_SNAPSHOTTER} is in disabled_plugins",
     "two-processors-same-route": "is accepted by 2 processors",
@@ -351,6 +363,21 @@ def test_check_warns_without_log_file_on_23(tmp_path: Path) -> None:
     report = cc.check_config(config, cc.profile_for("2.3"))
     assert report.problems == []
     assert any("discards the processor's stderr" in str(f) for f in report.findings)
+
+
+def test_check_warns_about_sequential_unpacks(tmp_path: Path) -> None:
+    config = _good(tmp_path)
+    del config["plugins"][cc.TRANSFER]["max_concurrent_unpacks"]
+    report = cc.check_config(config, cc.profile_for("2.3"))
+    assert report.problems == []
+    assert any("max_concurrent_unpacks is 1" in f.message for f in report.findings)
+
+
+def test_erofs_platform_spelling() -> None:
+    """containerd's platforms.FormatAll spelling, which its unpack_config parser reads."""
+    assert cc.erofs_platform("linux/amd64") == "linux(+erofs)/amd64"
+    assert cc.erofs_platform("linux/arm64/v8") == "linux(+erofs)/arm64/v8"
+    assert cc.erofs_platform("linux(+erofs)/arm64") == "linux(+erofs)/arm64"
 
 
 def test_check_16_config_warns_that_only_tar_arrives(tmp_path: Path) -> None:

@@ -209,7 +209,9 @@ def test_every_layer_decodes_checks_and_matches_its_source(
         got = fsck_extract(raw, tmp_path / f"x{i}")
         want = expected_layer(trees[i], tmp_path / f"want{i}")
         assert loose(snapshot(got)) == loose(snapshot(want))
-    assert entry["platform"]["os.features"] == ["erofs"]
+    # the default shape requires no OS feature: CRI's platform matcher selects it
+    assert "os.features" not in entry["platform"] and "os.features" not in config
+    assert report["shape"] == "plain" and report["os_features"] == []
     assert len(report["layers"]) == 3
 
 
@@ -331,7 +333,7 @@ def test_multi_platform_all_or_picked(tars: list[bytes], tmp_path: Path) -> None
     found = manifests(tmp_path / "all")
     assert [e["platform"]["architecture"] for e, _, _ in found] == ["amd64", "arm64", "ppc64le"]
     assert all(m["layers"][0]["mediaType"] == EROFS_ZSTD for _, m, _ in found)
-    assert all(e["platform"]["os.features"] == ["erofs"] for e, _, _ in found)
+    assert not any("os.features" in e["platform"] or "os.features" in c for e, _, c in found)
     # the layer shared by two platforms is converted once and gives one blob
     assert found[0][1]["layers"][1]["digest"] == found[1][1]["layers"][0]["digest"]
     convert(src, tmp_path / "picked", "--platform", "linux/arm64/v8", "--platform", "linux/ppc64le")
@@ -579,3 +581,68 @@ def test_nested_index_as_skopeo_writes_it(tars: list[bytes], tmp_path: Path) -> 
     found = manifests(out)
     assert [e["platform"]["architecture"] for e, _, _ in found] == ["arm64"]
     assert [row["platform"] for row in json.loads(proc.stdout)["manifests"]] == ["linux/arm64"]
+
+
+def test_os_feature_marks_index_entry_and_config_like_containerd(
+    tars: list[bytes], tmp_path: Path
+) -> None:
+    """``--os-feature erofs`` is what ``ctr images convert --erofs`` writes; a stale one goes."""
+    src = build_layout(tmp_path / "src", [Image(tars[:2], "gzip", architecture="amd64")])
+    proc = convert(src, tmp_path / "marked", "--os-feature", "erofs", "--json")
+    [(entry, _, config)] = manifests(tmp_path / "marked")
+    assert entry["platform"] == {"architecture": "amd64", "os": "linux", "os.features": ["erofs"]}
+    assert config["os.features"] == ["erofs"]
+    report = json.loads(proc.stdout)
+    assert (report["shape"], report["os_features"]) == ("os-feature", ["erofs"])
+    assert [(r["kind"], r["os_features"]) for r in report["manifests"]] == [("erofs", ["erofs"])]
+    assert b"os-feature (erofs) index" in proc.stderr
+    # re-converting a marked image without the option drops the requirement again
+    convert(tmp_path / "marked", tmp_path / "plain")
+    [(entry, _, config)] = manifests(tmp_path / "plain")
+    assert "os.features" not in entry["platform"] and "os.features" not in config
+
+
+def test_keep_source_publishes_tar_and_erofs_manifests(tars: list[bytes], tmp_path: Path) -> None:
+    """A mixed-fleet index: each source manifest, unchanged, next to its marked EROFS one."""
+    src = build_layout(
+        tmp_path / "src",
+        [
+            Image(tars[:2], "gzip", architecture="amd64"),
+            Image(tars[1:], "zstd", architecture="arm64", variant="v8"),
+        ],
+    )
+    source = manifests(src)
+    out = tmp_path / "mixed"
+    proc = convert(src, out, "--keep-source", "--json")
+    found = manifests(out)
+    assert [e["digest"] for e, _, _ in found[0::2]] == [e["digest"] for e, _, _ in source]
+    for (entry, manifest, config), (src_entry, src_manifest, src_config) in zip(
+        found[0::2], source, strict=True
+    ):
+        assert (manifest, config) == (src_manifest, src_config)  # the blobs are copied as is
+        assert entry["platform"] == src_entry["platform"]
+        for layer in manifest["layers"]:
+            blob = out / "blobs" / "sha256" / layer["digest"].split(":")[1]
+            assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == layer["digest"]
+    for entry, manifest, config in found[1::2]:
+        assert entry["platform"]["os.features"] == ["erofs"] == config["os.features"]
+        assert {layer["mediaType"] for layer in manifest["layers"]} == {EROFS_ZSTD}
+    report = json.loads(proc.stdout)
+    assert (report["shape"], report["os_features"]) == ("mixed", ["erofs"])
+    assert [(r["kind"], r["platform"]) for r in report["manifests"]] == [
+        ("source", "linux/amd64"),
+        ("erofs", "linux/amd64"),
+        ("source", "linux/arm64/v8"),
+        ("erofs", "linux/arm64/v8"),
+    ]
+    assert b"in 2 manifest(s), mixed (erofs) index" in proc.stderr
+
+
+def test_unknown_os_feature_is_a_usage_error(tars: list[bytes], tmp_path: Path) -> None:
+    src = build_layout(tmp_path / "src", [Image(tars[:1], "gzip")])
+    proc = run_cli(["convert", str(src), str(tmp_path / "out"), "--os-feature", "erofs2"])
+    assert proc.returncode == 2 and proc.stdout == b""
+    last = proc.stderr.decode().splitlines()[-1]
+    assert "argument --os-feature: invalid choice: 'erofs2'" in last, last
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no staging directory left

@@ -45,6 +45,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="convert only this platform (repeatable; default: all)",
     )
     parser.add_argument(
+        "--os-feature",
+        action="append",
+        choices=["erofs"],
+        default=[],
+        dest="os_features",
+        help="mark each EROFS manifest (index entry and config) with this platform OS feature, "
+        "as 'ctr images convert --erofs' does; then only a pull for 'linux(+erofs)/ARCH' "
+        "selects it (not CRI, see the README). Default: no feature, which every pull selects",
+    )
+    parser.add_argument(
+        "--keep-source",
+        action="store_true",
+        help="mixed fleets: the index keeps each source tar manifest next to its EROFS one, "
+        "which is marked with the OS feature erofs (implies --os-feature erofs)",
+    )
+    parser.add_argument(
         "--jobs", "-j", type=int, default=0, help="layers converted at once (default: CPU count)"
     )
     parser.add_argument("--archive", action="store_true", help="write DST as an oci-archive tar")
@@ -107,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         platforms=tuple(args.platform),
         archive=args.archive,
         work_dir=args.work_dir,
+        os_features=tuple(dict.fromkeys(args.os_features)),
+        keep_source=args.keep_source,
     )
     progress = Progress(sys.stderr, 0, terminal=sys.stderr.isatty(), quiet=args.quiet)
     # SIGTERM unwinds like Ctrl-C, so the staging directory and work files are removed.

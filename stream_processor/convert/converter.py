@@ -11,8 +11,14 @@
 3. Rewrite bottom-up, as containerd's converter does: layer descriptors get
    the EROFS media type, new digest and size (and the chunk-table
    annotations); configs get ``rootfs.diff_ids`` = SHA-256 of each raw EROFS
-   image; manifests become OCI manifests; index entries get the new digests
-   and the platform OS feature ``erofs``.
+   image; manifests become OCI manifests; index entries get the new digests.
+   The image's *shape* (``Shape``) decides what else the index says: by
+   default no OS feature at all, so the platform matcher every pull path on
+   containerd 2.3 uses by default (CRI's ``platforms.DefaultSpec()``) selects
+   the EROFS manifest; ``os_features=("erofs",)`` marks index entry and config
+   as ``ctr images convert --erofs`` does; ``keep_source`` also keeps each
+   source manifest next to its (feature-marked) EROFS one, for mixed fleets.
+   docs/containerd.md says what each pull path selects from each shape.
 4. Publish: everything is written into a staging directory next to DST and
    renamed into place at the end, so a failed conversion leaves no DST.
 """
@@ -68,6 +74,21 @@ class ConvertOptions:
     platforms: tuple[str, ...] = ()
     archive: bool = False
     work_dir: Path | None = None
+    os_features: tuple[str, ...] = ()  # marked in each EROFS index entry and config
+    keep_source: bool = False  # the index also keeps the source manifests (mixed fleets)
+
+    @property
+    def shape(self) -> str:
+        """What the written index is, in the words the README's pull table uses."""
+        if self.keep_source:
+            return "mixed"
+        return "os-feature" if self.os_features else "plain"
+
+    def features(self) -> tuple[str, ...]:
+        """The OS features the EROFS manifests carry (a mixed index needs ``erofs``)."""
+        if self.keep_source and EROFS_FEATURE not in self.os_features:
+            return (*self.os_features, EROFS_FEATURE)
+        return self.os_features
 
 
 @dataclass
@@ -77,6 +98,8 @@ class ConvertReport:
     compression: str
     chunk_size: int | None
     jobs: int
+    shape: str = "plain"  # "plain", "os-feature" or "mixed" (ConvertOptions.shape)
+    os_features: list[str] = field(default_factory=list)
     builder: str = ""  # how tar layers are built: "tar" (streamed) or "dir" (unpacked)
     mkfs: str = ""  # which mkfs.erofs, and its erofs-utils version
     seconds: float = 0.0
@@ -91,8 +114,11 @@ class ConvertReport:
         tar = sum(layer["tar_size"] or 0 for layer in self.layers)
         erofs = sum(layer["erofs_size"] for layer in self.layers)
         wrapped = sum(layer["wrapped_size"] for layer in self.layers)
+        erofs_manifests = sum(1 for m in self.manifests if m.get("kind") == "erofs")
+        shape = self.shape + (f" ({', '.join(self.os_features)})" if self.os_features else "")
         return (
-            f"converted {len(self.layers)} layer(s) in {len(self.manifests)} manifest(s): "
+            f"converted {len(self.layers)} layer(s) in {erofs_manifests} manifest(s), "
+            f"{shape} index: "
             f"tar {human(tar)} -> erofs {human(erofs)} -> {self.compression} {human(wrapped)} "
             f"in {self.seconds:.2f} s -> {self.destination}"
         )
@@ -238,21 +264,36 @@ def _plan_manifest(
 # ---------------------------------------------------------------- rewrite
 
 
-def _with_feature(platform: Json) -> Json:
+def _with_features(platform: Json, features: tuple[str, ...]) -> Json:
+    """``platform`` whose ``os.features`` hold ``features`` and no stale ``erofs``.
+
+    A source that was itself converted by containerd carries ``erofs``; it is
+    dropped unless asked for, so the default shape really requires nothing.
+    """
     out = dict(platform)
-    features = [str(f) for f in out.get("os.features") or []]
-    if EROFS_FEATURE not in features:
-        features.append(EROFS_FEATURE)
-    out["os.features"] = features
+    kept = [str(f) for f in out.pop("os.features", None) or [] if f != EROFS_FEATURE]
+    kept += [f for f in features if f not in kept]
+    if kept:
+        out["os.features"] = kept
     return out
 
 
 def _write_manifest(
-    plan: _ManifestPlan, results: dict[str, LayerOutcome], writer: LayoutWriter
+    plan: _ManifestPlan,
+    results: dict[str, LayerOutcome],
+    writer: LayoutWriter,
+    features: tuple[str, ...],
 ) -> Json:
     outcomes = [results[layer["digest"]] for layer in plan.manifest["layers"]]
     config = copy.deepcopy(plan.config)
     config["rootfs"]["diff_ids"] = [o.pack.diff_id for o in outcomes]
+    platform = _with_features(plan.platform, features)
+    # containerd's converter writes the feature into the config as well
+    # (core/images/converter/erofs: UpdateManifestPlatform); so do we, and no
+    # stale one either way.
+    config.pop("os.features", None)
+    if platform.get("os.features"):
+        config["os.features"] = platform["os.features"]
     old_config_type = plan.manifest["config"].get("mediaType")
     config_type = OCI_CONFIG if old_config_type in (None, DOCKER_CONFIG) else old_config_type
     manifest: Json = {
@@ -264,19 +305,43 @@ def _write_manifest(
     if plan.manifest.get("annotations"):
         manifest["annotations"] = plan.manifest["annotations"]
     desc = writer.add_json(manifest, OCI_MANIFEST)
-    desc["platform"] = _with_feature(plan.platform)
+    desc["platform"] = platform
     if plan.desc.get("annotations"):
         desc["annotations"] = plan.desc["annotations"]
     return desc
 
 
-def _write_index(node: _IndexPlan, results: dict[str, LayerOutcome], writer: LayoutWriter) -> Json:
-    manifests = [
-        _write_index(e, results, writer)
-        if isinstance(e, _IndexPlan)
-        else _write_manifest(e, results, writer)
-        for e in node.entries
-    ]
+def _keep_source(plan: _ManifestPlan, layout: Layout, writer: LayoutWriter) -> Json:
+    """Copy the source manifest, its config and layers unchanged; its index entry.
+
+    The entry gets the platform from the config when the source index had
+    none, so every matcher can tell the tar manifest from the EROFS one.
+    """
+    writer.copy_blob(layout, plan.manifest["config"], "config")
+    for layer in plan.manifest["layers"]:
+        writer.copy_blob(layout, layer, "layer")
+    writer.copy_blob(layout, plan.desc, "manifest")
+    desc = dict(plan.desc)
+    desc.setdefault("mediaType", plan.manifest.get("mediaType") or OCI_MANIFEST)
+    desc["platform"] = plan.platform
+    return desc
+
+
+def _write_index(
+    node: _IndexPlan,
+    results: dict[str, LayerOutcome],
+    writer: LayoutWriter,
+    options: ConvertOptions,
+    layout: Layout,
+) -> Json:
+    manifests: list[Json] = []
+    for e in node.entries:
+        if isinstance(e, _IndexPlan):
+            manifests.append(_write_index(e, results, writer, options, layout))
+            continue
+        if options.keep_source:
+            manifests.append(_keep_source(e, layout, writer))
+        manifests.append(_write_manifest(e, results, writer, options.features()))
     index: Json = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     if node.index.get("annotations"):
         index["annotations"] = node.index["annotations"]
@@ -289,18 +354,27 @@ def _write_index(node: _IndexPlan, results: dict[str, LayerOutcome], writer: Lay
     return desc
 
 
-def _manifest_rows(node: _IndexPlan, index: Json) -> list[dict[str, Any]]:
+def _manifest_rows(node: _IndexPlan, index: Json, keep_source: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for entry, desc in zip(node.entries, index["manifests"], strict=True):
-        if isinstance(entry, _ManifestPlan):
-            rows.append(
-                {
-                    "platform": platform_text(entry.platform),
-                    "source_digest": entry.desc.get("digest"),
-                    "digest": desc["digest"],
-                }
-            )
+    descs = iter(index["manifests"])
+    for entry in node.entries:
+        if isinstance(entry, _IndexPlan):
+            next(descs)
+            continue
+        if keep_source:
+            rows.append(_row("source", entry, next(descs)))
+        rows.append(_row("erofs", entry, next(descs)))
     return rows
+
+
+def _row(kind: str, entry: _ManifestPlan, desc: Json) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "platform": platform_text(entry.platform),
+        "os_features": list(desc["platform"].get("os.features", [])),
+        "source_digest": entry.desc.get("digest"),
+        "digest": desc["digest"],
+    }
 
 
 # ---------------------------------------------------------------- run
@@ -345,6 +419,8 @@ def convert_image(
         compression=settings.compression.value,
         chunk_size=settings.chunk_size if settings.compression.value == "zstd" else None,
         jobs=jobs,
+        shape=options.shape,
+        os_features=list(options.features()),
         builder=settings.builder if builds else "",
         mkfs=find_mkfs(settings.mkfs).describe() if builds else "",
         skipped=plan.skipped,
@@ -359,9 +435,9 @@ def convert_image(
             shutil.rmtree(work_root, ignore_errors=True)
         for outcome in results.values():
             writer.add_file(outcome.blob, outcome.pack.digest)
-        index = _write_index(plan.top, results, writer)
+        index = _write_index(plan.top, results, writer, options, layout)
         writer.finish(index)
-        report.manifests = _all_manifest_rows(plan.top, index, writer)
+        report.manifests = _all_manifest_rows(plan.top, index, writer, options.keep_source)
         report.layers = [results[d].report.as_json() for d in plan.layers]
         _publish(staging, writer.root, dst, options.archive)
     finally:
@@ -370,12 +446,14 @@ def convert_image(
     return report
 
 
-def _all_manifest_rows(top: _IndexPlan, index: Json, writer: LayoutWriter) -> list[dict[str, Any]]:
-    rows = _manifest_rows(top, index)
-    for entry, desc in zip(top.entries, index["manifests"], strict=True):
-        if isinstance(entry, _IndexPlan):
-            sub = writer.read_json(desc["digest"])
-            rows += _all_manifest_rows(entry, sub, writer)
+def _all_manifest_rows(
+    top: _IndexPlan, index: Json, writer: LayoutWriter, keep_source: bool
+) -> list[dict[str, Any]]:
+    rows = _manifest_rows(top, index, keep_source)
+    subs = [d for d in index["manifests"] if d.get("mediaType") == OCI_INDEX]
+    nested = [e for e in top.entries if isinstance(e, _IndexPlan)]
+    for entry, desc in zip(nested, subs, strict=True):
+        rows += _all_manifest_rows(entry, writer.read_json(desc["digest"]), writer, keep_source)
     return rows
 
 

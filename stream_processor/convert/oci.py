@@ -261,6 +261,21 @@ class LayoutWriter:
             return
         shutil.move(path, target)
 
+    def copy_blob(self, layout: Layout, desc: Json, what: str) -> None:
+        """Copy ``desc``'s blob from ``layout`` unchanged, verified as it is read.
+
+        Written under a temporary name and renamed, so a blob that fails its
+        digest check never appears under that digest.
+        """
+        digest, _ = _digest_size(desc, what)
+        target = self.root / _blob_rel(digest)
+        if target.exists():
+            return
+        tmp = target.with_name(f".{target.name}.partial")
+        with layout.open_blob(desc, what) as src, tmp.open("wb") as out:
+            shutil.copyfileobj(src, out, READ_SIZE)
+        os.replace(tmp, target)
+
     def add_json(self, doc: Json, media_type: str) -> Json:
         """Store ``doc`` as a blob; returns its descriptor."""
         data = canonical_json(doc)
