@@ -122,8 +122,34 @@ class ChunkTable:
         return [self.chunk(i) for i in range(self.count)]
 
     def digest(self) -> str:
-        """``sha256:<hex>`` over header + entries: the ``chunk_digest`` annotation."""
-        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
+        """``sha512:<hex>`` over header + entries: the ``chunk_digest`` annotation."""
+        return table_digest(self.raw)
+
+
+def table_digest(payload: bytes) -> str:
+    """The ``chunk_digest`` annotation: ``sha512:<hex>`` over the table payload, the only
+    form containerd's reader accepts (docs/seekable.md)."""
+    return "sha512:" + hashlib.sha512(payload).hexdigest()
+
+
+DIGEST_FORMS = ("sha512", "sha256")  # sha256: what this project wrote before
+
+
+def check_table_digest(payload: bytes, annotation: str) -> str:
+    """Check a ``chunk_digest`` annotation against the table payload.
+
+    Accepts ``sha512:`` (containerd's form) and ``sha256:`` (earlier versions
+    of this project); returns the algorithm found. ``DataError`` if the form
+    is unknown or the digest differs.
+    """
+    algo, _, hexdigest = annotation.partition(":")
+    if algo not in DIGEST_FORMS or not hexdigest:
+        raise DataError(
+            f"chunk_digest annotation {annotation!r} is neither sha512:<hex> nor sha256:<hex>"
+        )
+    if hashlib.new(algo, payload).hexdigest() != hexdigest.lower():
+        raise DataError(f"chunk_digest annotation ({algo}) does not match the chunk table")
+    return algo
 
 
 def chunk_count(uncompressed_size: int, chunk_size: int) -> int:
