@@ -36,6 +36,8 @@ _SB = struct.Struct("<8sII16s32sIIQH6x256s")
 VERSION = 1
 HASH_TYPE = 1  # the normal format: salt first (0 is Chrome OS's, salt last)
 DEFAULT_HASH = "sha512"
+# The hashes both hashlib and the kernel's dm-verity (crypto API names) know.
+HASH_NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
 DEFAULT_BLOCK_SIZE = 4096
 # dm-verity takes powers of two from 512 bytes up to the kernel's page size (4 KiB on x86-64).
 BLOCK_SIZES = (512, 1024, 2048, 4096)
@@ -93,11 +95,9 @@ def parse_superblock(data: bytes) -> Superblock:
         raise DataError(f"dm-verity: superblock version {version}, this program knows 1")
     if hash_type != HASH_TYPE:
         raise DataError(f"dm-verity: hash type {hash_type}, this program knows 1 (salt first)")
-    name = algo.rstrip(b"\0").decode("ascii", "replace")
-    try:
-        hashlib.new(name)
-    except ValueError:
-        raise DataError(f"dm-verity: unknown hash algorithm {name!r}") from None
+    name = algo.split(b"\0")[0].decode("ascii", "replace")
+    if name not in HASH_NAMES:
+        raise DataError(f"dm-verity: unknown hash algorithm {name!r}")
     for what, size in (("data", dbs), ("hash", hbs)):
         if size not in BLOCK_SIZES:
             raise DataError(
@@ -213,7 +213,9 @@ class TreeBuilder:
         return build_tree(bytes(self.level0), self.salt, self.block_size, self.hash_name)
 
 
-def build_tree(level0: bytes, salt: bytes, hash_block_size: int, hash_name: str) -> tuple[bytes, bytes]:
+def build_tree(
+    level0: bytes, salt: bytes, hash_block_size: int, hash_name: str
+) -> tuple[bytes, bytes]:
     """The hash area and root digest from the data blocks' digests (in order)."""
     salted = hashlib.new(hash_name, salt)
     size = salted.digest_size
@@ -257,9 +259,7 @@ def check_against_image(sb: Superblock, payload_size: int, image_size: int) -> N
         )
     need = sb.hash_block_size + tree_size(sb.data_blocks, sb.hash_block_size, sb.digest_size)
     if payload_size < need:
-        raise DataError(
-            f"dm-verity: the frame holds {payload_size} bytes, its tree needs {need}"
-        )
+        raise DataError(f"dm-verity: the frame holds {payload_size} bytes, its tree needs {need}")
 
 
 def verify_tree(sb: Superblock, payload: bytes, image: Iterator[bytes]) -> str:
@@ -285,8 +285,9 @@ def verify_tree(sb: Superblock, payload: bytes, image: Iterator[bytes]) -> str:
 def _where(tree: bytes, stored: bytes, sb: Superblock) -> str:
     """Name the hash block that differs: its level and the data blocks it covers."""
     bs = sb.hash_block_size
+    ours, theirs = memoryview(tree), memoryview(stored)
     block = next(
-        (i for i in range(len(tree) // bs) if tree[i * bs : (i + 1) * bs] != stored[i * bs : (i + 1) * bs]),
+        (i for i in range(len(tree) // bs) if ours[i * bs : (i + 1) * bs] != theirs[i * bs :][:bs]),
         0,
     )
     per_block = hashes_per_block(bs, sb.digest_size)
@@ -321,7 +322,7 @@ class ImageSpool:
     def write(self, chunk: bytes | memoryview) -> None:
         try:
             if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="erofs-sp-verity-")
+                self._file = tempfile.TemporaryFile(prefix="erofs-sp-verity-")  # noqa: SIM115
             self._file.write(chunk)
         except OSError as exc:
             raise InputOutputError.from_os_error(

@@ -77,15 +77,26 @@ def add_dm_verity_arguments(parser: Any) -> None:
     )
 
 
-def dm_verity_option(args: Any) -> int | None:
-    """The block size ``pack_image`` should use for dm-verity, or None without it."""
+def dm_verity_option(args: Any, chunk_size: int | None) -> int | None:
+    """The dm-verity block size for ``pack_image``, or None without ``--dm-verity``.
+
+    ``chunk_size`` is what ``chunk_size_option`` gave: dm-verity needs the
+    seekable zstd layout, so None (gzip, none, ``--no-chunk-table``) is refused.
+    """
     size = args.dm_verity_block_size
-    if size is None:
-        return dmverity.DEFAULT_BLOCK_SIZE if args.dm_verity else None
+    if size is None and not args.dm_verity:
+        return None
+    if chunk_size is None:
+        raise UsageError(_VERITY_NEEDS_TABLE)
     try:
-        return dmverity.check_block_size(size)
+        return dmverity.check_block_size(size or dmverity.DEFAULT_BLOCK_SIZE)
     except ValueError as exc:
         raise UsageError(f"--dm-verity-block-size: {exc}") from None
+
+
+_VERITY_NEEDS_TABLE = (
+    "--dm-verity needs the seekable zstd layout (not gzip, none or --no-chunk-table)"
+)
 
 
 @dataclass(frozen=True)
@@ -338,7 +349,7 @@ def pack_image(
     used_chunk: int | None = None
     if dm_verity_block_size is not None:
         if compression is not Compression.ZSTD or chunk_size is None:
-            raise UsageError("--dm-verity needs the seekable zstd layout (zstd with a chunk table)")
+            raise UsageError(_VERITY_NEEDS_TABLE)
         try:
             dmverity.check_block_size(dm_verity_block_size)
         except ValueError as exc:

@@ -26,9 +26,12 @@ import hashlib
 import struct
 from array import array
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from stream_processor.errors import DataError
+
+if TYPE_CHECKING:
+    from stream_processor.dmverity import ImageSpool, Superblock
 
 SKIPPABLE_TABLE_MAGIC = 0x184D2A50  # the skippable-frame magic the table is written with
 TABLE_MAGIC = 0xCDE4EC67
@@ -292,7 +295,7 @@ class ChunkTableVerifier:
     kept to name the chunk that differs.
     """
 
-    def __init__(self, notes: list[str] | None = None) -> None:
+    def __init__(self, notes: list[str] | None = None, spool: ImageSpool | None = None) -> None:
         self.offsets = array("Q")
         self.ends = array("q")
         self.sizes = array("q")
@@ -306,6 +309,14 @@ class ChunkTableVerifier:
         self.notes = notes if notes is not None else []
         self.verified = False
         self._what = "unknown"
+        # dm-verity frame: its superblock is always checked (cheap); with a spool of
+        # the image (--verify-dm-verity) the whole tree is recomputed in ``finish``.
+        self.spool = spool
+        self.verity: Superblock | None = None
+        self.verity_offset: int | None = None
+        self.verity_size = 0
+        self.verity_payload: bytes | None = None
+        self.verity_root: str | None = None  # set when the tree was recomputed and matched
 
     @property
     def frame_count(self) -> int:
@@ -347,6 +358,8 @@ class ChunkTableVerifier:
 
     def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
         self._what = describe_skippable(magic, head)
+        if head.startswith(VERITY_SIGNATURE):
+            return self._verity_frame(offset, size, head)
         if not is_table_payload(head):
             return False
         if size > TABLE_PAYLOAD_LIMIT:
@@ -356,7 +369,24 @@ class ChunkTableVerifier:
             )
         return True
 
+    def _verity_frame(self, offset: int, size: int, head: bytes) -> bool:
+        from stream_processor.dmverity import parse_superblock
+
+        if self.verity is not None:
+            raise DataError(
+                f"dm-verity: a second dm-verity frame at offset {offset} "
+                f"(the first is at {self.verity_offset})"
+            )
+        self.verity = parse_superblock(head)
+        self.verity_offset = offset
+        self.verity_size = size
+        return self.spool is not None
+
     def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
+        if offset == self.verity_offset:
+            self.verity_payload = payload
+            self.skipped.append((offset, size, self._what))
+            return
         if payload is None:
             self.skipped.append((offset, size, self._what))
             self.notes.append(f"skipped {self._what} in a skippable frame at offset {offset}")
@@ -370,10 +400,27 @@ class ChunkTableVerifier:
         self.table_offset = offset
 
     def finish(self, total_out: int, end_offset: int) -> None:
-        if self.table is None:
+        if self.table is not None:
+            self._verify(self.table, total_out)
+            self.verified = True
+        if self.verity is not None:
+            self._check_verity(self.verity, total_out)
+
+    def _check_verity(self, sb: Superblock, total_out: int) -> None:
+        from stream_processor import dmverity
+
+        dmverity.check_against_image(sb, self.verity_size, total_out)
+        if self.spool is None or self.verity_payload is None:
+            self.notes.append(
+                f"dm-verity frame at offset {self.verity_offset}: superblock checked, "
+                "tree not recomputed (--verify-dm-verity does)"
+            )
             return
-        self._verify(self.table, total_out)
-        self.verified = True
+        try:
+            self.verity_root = dmverity.verify_tree(sb, self.verity_payload, self.spool.read())
+        finally:
+            self.spool.close()
+        self.notes.append(f"dm-verity tree verified, root {self.verity_root}")
 
     def _verify(self, table: ChunkTable, total_out: int) -> None:
         """Raise ``DataError`` naming the first chunk that does not match the table."""

@@ -88,7 +88,7 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
             level=args.level,
             chunk_size=chunk_size,
             threads=threads,
-            dm_verity_block_size=dm_verity_option(args),
+            dm_verity_block_size=dm_verity_option(args, chunk_size),
         )
     output = Path(args.output)
     # Write next to the target and rename: a failed pack never leaves a partial blob.
@@ -106,7 +106,7 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
                 level=args.level,
                 chunk_size=chunk_size,
                 threads=threads,
-                dm_verity_block_size=dm_verity_option(args),
+                dm_verity_block_size=dm_verity_option(args, chunk_size),
             )
         os.replace(tmp, output)
     except BaseException:
