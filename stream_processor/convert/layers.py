@@ -94,6 +94,7 @@ class LayerSettings:
     build_time: int = 0
     mkfs: str = MKFS  # a name looked up on PATH, or a path
     builder: str = "auto"  # "tar", "dir", or "auto": tar when mkfs.erofs can stream one
+    dm_verity_block_size: int | None = None  # append a dm-verity frame (seekable zstd only)
 
 
 BUILDERS = ("auto", "tar", "dir")
@@ -396,4 +397,5 @@ def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -
         level=settings.level,
         chunk_size=chunk,
         threads=threads,
+        dm_verity_block_size=settings.dm_verity_block_size,
     )
