@@ -352,3 +352,66 @@ def test_pack_usage_errors(erofs_image: Path, tmp_path: Path, extra: list[str], 
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and words in lines[0]
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def _layer_descriptors(layout: Path) -> list[tuple[dict[str, Any], str]]:
+    """(layer descriptor, diff_id) of every EROFS layer in a converted layout."""
+
+    def blob(digest: str) -> Any:
+        return json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
+
+    found = []
+    pending = [json.loads((layout / "index.json").read_text())]
+    while pending:
+        node = pending.pop()
+        for desc in node.get("manifests", []):
+            doc = blob(desc["digest"])
+            if "manifests" in doc:
+                pending.append(doc)
+                continue
+            diff_ids = blob(doc["config"]["digest"])["rootfs"]["diff_ids"]
+            found += list(zip(doc["layers"], diff_ids, strict=True))
+    return found
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
+def test_convert_dm_verity_is_reproducible_and_readable(sample_tree: Path, tmp_path: Path) -> None:
+    from tests.oci_builder import Image, build_layout, tar_tree
+
+    src = build_layout(tmp_path / "src", [Image([tar_tree(sample_tree)], "gzip")])
+    outs = []
+    for name in ("a", "b"):
+        dst = tmp_path / name
+        proc = run_cli(
+            ["convert", str(src), str(dst), "--dm-verity", "--chunk-size", "16KiB", "-q"],
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()
+        outs.append(dst)
+    assert (outs[0] / "index.json").read_bytes() == (outs[1] / "index.json").read_bytes()
+    layers = _layer_descriptors(outs[0])
+    assert layers
+    for desc, diff_id in layers:
+        annotations = desc["annotations"]
+        blob = (outs[0] / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
+        assert blob == (outs[1] / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
+        image = containerd_read(blob, annotations, diff_id)
+        sb = dmverity.parse_superblock(verity_payload(blob, annotations))
+        assert sb.salt == dmverity.derive_salt(image)
+        assert annotations[seekable.ANNOTATION_VERITY_ROOT].startswith("sha512:")
+
+
+def test_convert_dm_verity_needs_the_seekable_layout(tmp_path: Path) -> None:
+    proc = run_cli(
+        [
+            "convert",
+            str(tmp_path / "src"),
+            str(tmp_path / "dst"),
+            "--dm-verity",
+            "--compression",
+            "gzip",
+        ]
+    )
+    assert proc.returncode == 2
+    assert "--dm-verity needs the seekable zstd layout" in proc.stderr.decode()
+    assert not (tmp_path / "dst").exists()
