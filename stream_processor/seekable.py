@@ -1,6 +1,6 @@
 """The seekable EROFS layer: the chunk table, and checking a stream against it.
 
-Layout (REFERENCE.md section 5, containerd PR 12764): the raw image is cut
+Layout (docs/seekable.md, containerd PR 12764): the raw image is cut
 into fixed chunks, each an independent zstd frame; a skippable frame (magic
 0x184D2A50) then carries the chunk table. Its payload is a 23-byte
 little-endian header (magic 0xCDE4EC67, version 1, uncompressed size u64,
@@ -405,6 +405,8 @@ class ChunkTableVerifier:
             self.verified = True
         if self.verity is not None:
             self._check_verity(self.verity, total_out)
+        elif self.spool is not None:
+            self.notes.append("--verify-dm-verity: the layer has no dm-verity frame to verify")
 
     def _check_verity(self, sb: Superblock, total_out: int) -> None:
         from stream_processor import dmverity

@@ -415,3 +415,17 @@ def test_convert_dm_verity_needs_the_seekable_layout(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--dm-verity needs the seekable zstd layout" in proc.stderr.decode()
     assert not (tmp_path / "dst").exists()
+
+
+def test_verify_flag_without_a_frame_passes_and_says_so(
+    erofs_image: Path, erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    pack_cli(erofs_image, tmp_path / "plain.blob")
+    log = tmp_path / "sp.log"
+    proc = run_cli(
+        ["--verify-dm-verity", "--log-file", str(log), "--log-level", "info"],
+        (tmp_path / "plain.blob").read_bytes(),
+    )
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert "--verify-dm-verity: the layer has no dm-verity frame to verify" in record["notes"]
