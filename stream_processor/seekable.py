@@ -26,7 +26,7 @@ import hashlib
 import struct
 from array import array
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream_processor.errors import DataError
 
@@ -136,6 +136,55 @@ def table_digest(payload: bytes) -> str:
 
 
 DIGEST_FORMS = ("sha512", "sha256")  # sha256: what this project wrote before
+
+
+class FrameCapture:
+    """Pass a blob through (``read``/``readinto``), keeping the skippable frame at ``offset``.
+
+    ``convert`` re-wraps an EROFS layer by streaming it once; this keeps the
+    source's chunk table on the way, so its ``chunk_digest`` annotation can be
+    checked without reading the blob twice. At most ``TABLE_PAYLOAD_LIMIT`` is kept.
+    """
+
+    def __init__(self, raw: Any, offset: int) -> None:
+        self._raw = raw
+        self._offset = offset
+        self._at = 0
+        self._kept = bytearray()
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        start, end = self._at, self._at + len(data)
+        self._at = end
+        want = 8 + TABLE_PAYLOAD_LIMIT
+        if len(self._kept) >= 8:
+            want = min(want, 8 + int.from_bytes(self._kept[4:8], "little"))
+        lo = max(start, self._offset + len(self._kept))
+        hi = min(end, self._offset + want)
+        if lo < hi:
+            self._kept += data[lo - start : hi - start]
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self._keep(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)
+        self._keep(memoryview(buffer)[:n])
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def payload(self) -> bytes:
+        """The frame's payload; ``DataError`` if the blob has no skippable frame there."""
+        head = bytes(self._kept[:8])
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) < 8 or (magic & 0xFFFFFFF0) != SKIPPABLE_TABLE_MAGIC:
+            raise DataError(
+                f"chunk_table_offset annotation {self._offset}: no skippable frame there"
+            )
+        return bytes(self._kept[8:])
 
 
 def check_table_digest(payload: bytes, annotation: str) -> str:

@@ -429,3 +429,52 @@ def test_verify_flag_without_a_frame_passes_and_says_so(
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
     record = json.loads(log.read_text().splitlines()[-1])
     assert "--verify-dm-verity: the layer has no dm-verity frame to verify" in record["notes"]
+
+
+def _set_chunk_digests(layout: Path, form: str) -> None:
+    """Rewrite ``layout``'s layer annotations to ``form`` ("sha256", the older one, or "bad")."""
+    index = json.loads((layout / "index.json").read_text())
+    [entry] = index["manifests"]
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_bytes())
+    assert "layers" in manifest  # index.json lists the manifest itself
+    for desc in manifest["layers"]:
+        blob = (blobs / desc["digest"].split(":")[1]).read_bytes()
+        payload = _skippable(blob, int(desc["annotations"][seekable.ANNOTATION_TABLE_OFFSET]))
+        value = "sha256:" + hashlib.sha256(payload).hexdigest()
+        if form == "bad":
+            value = "sha512:" + "0" * 128
+        desc["annotations"][seekable.ANNOTATION_TABLE_DIGEST] = value
+    data = json.dumps(manifest).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / digest).write_bytes(data)
+    entry["digest"], entry["size"] = f"sha256:{digest}", len(data)
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
+def test_convert_rewrap_checks_the_chunk_digest_in_both_forms(
+    sample_tree: Path, tmp_path: Path
+) -> None:
+    from tests.oci_builder import Image, build_layout, tar_tree
+
+    src = build_layout(tmp_path / "src", [Image([tar_tree(sample_tree)], "gzip")])
+    first = tmp_path / "first"
+    assert run_cli(["convert", str(src), str(first), "-q"], timeout=240).returncode == 0
+    for form in ("sha512", "sha256"):
+        if form == "sha256":
+            _set_chunk_digests(first, "sha256")
+        out = tmp_path / f"again-{form}"
+        proc = run_cli(["convert", str(first), str(out), "--json", "-q"], timeout=240)
+        assert proc.returncode == 0, proc.stderr.decode()
+        layers = json.loads(proc.stdout)["layers"]
+        assert [row["kind"] for row in layers] == ["rewrapped"]
+        assert [row["source_chunk_digest"] for row in layers] == [form]
+    _set_chunk_digests(first, "bad")
+    out = tmp_path / "again-bad"
+    proc = run_cli(["convert", str(first), str(out), "-q"], timeout=240)
+    assert proc.returncode == 65
+    line = proc.stderr.decode().strip()
+    assert len(line.splitlines()) == 1
+    assert "chunk_digest annotation (sha512) does not match the chunk table" in line
+    assert not out.exists()
