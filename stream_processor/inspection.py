@@ -388,10 +388,14 @@ def check_descriptor(result: Inspection, desc: dict[str, Any]) -> list[dict[str,
         row("size", desc["size"], result.blob_size, desc["size"] == result.blob_size)
     notes = desc.get("annotations") or {}
     table = result.chunk_table
-    if seekable.ANNOTATION_TABLE_OFFSET in notes:
-        want = notes[seekable.ANNOTATION_TABLE_OFFSET]
-        found = table["offset"] if table else None
-        row(seekable.ANNOTATION_TABLE_OFFSET, want, found, str(found) == str(want))
+    verity = result.dm_verity
+    for key, section in (
+        (seekable.ANNOTATION_TABLE_OFFSET, table),
+        (seekable.ANNOTATION_VERITY_OFFSET, verity),
+    ):
+        if key in notes:
+            found = section["offset"] if section else None
+            row(key, notes[key], found, str(found) == str(notes[key]))
     if seekable.ANNOTATION_TABLE_DIGEST in notes:
         want = notes[seekable.ANNOTATION_TABLE_DIGEST]
         if table is None:
@@ -403,11 +407,6 @@ def check_descriptor(result: Inspection, desc: dict[str, Any]) -> list[dict[str,
                 row(seekable.ANNOTATION_TABLE_DIGEST, want, found, True)
             except DataError as exc:
                 row(seekable.ANNOTATION_TABLE_DIGEST, want, table["digest"], False, exc.message)
-    verity = result.dm_verity
-    if seekable.ANNOTATION_VERITY_OFFSET in notes:
-        want = notes[seekable.ANNOTATION_VERITY_OFFSET]
-        found = verity["offset"] if verity else None
-        row(seekable.ANNOTATION_VERITY_OFFSET, want, found, str(found) == str(want))
     if seekable.ANNOTATION_VERITY_ROOT in notes:
         want = notes[seekable.ANNOTATION_VERITY_ROOT]
         found = verity["root_digest"] if verity else None

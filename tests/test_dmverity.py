@@ -17,7 +17,6 @@ a verity device.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -30,11 +29,9 @@ import pytest
 import zstandard
 
 from stream_processor import dmverity, seekable
-from stream_processor.mediatypes import Compression
-from stream_processor.pack import pack_image
 from tests.conftest import run_cli
+from tests.test_seekable import pack_bytes
 
-CHUNK = 16 * 1024
 SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
 
 
@@ -212,16 +209,8 @@ def test_tree_is_what_veritysetup_format_writes(
 ) -> None:
     """Same salt and UUID: ``veritysetup format`` writes byte for byte our payload."""
     tool = veritysetup()
-    out = io.BytesIO()
-    result = pack_image(
-        io.BytesIO(erofs_bytes),
-        out,
-        compression=Compression.ZSTD,
-        chunk_size=CHUNK,
-        dm_verity_block_size=block_size,
-        threads=2,
-    )
-    ours = verity_payload(out.getvalue(), result.annotations)
+    blob, result = pack_bytes(erofs_bytes, dm_verity_block_size=block_size, threads=2)
+    ours = verity_payload(blob, result.annotations)
     sb = dmverity.parse_superblock(ours)
     (tmp_path / "d").write_bytes(erofs_bytes + bytes(-len(erofs_bytes) % block_size))
     proc = subprocess.run(
@@ -263,15 +252,8 @@ def test_same_bytes_for_any_thread_count_and_run(erofs_image: Path, tmp_path: Pa
 
 def _swap_tree(blob: bytes, annotations: dict[str, str], other: bytes) -> bytes:
     """``blob`` with the dm-verity frame of another image of the same size."""
-    out = io.BytesIO()
-    result = pack_image(
-        io.BytesIO(other),
-        out,
-        compression=Compression.ZSTD,
-        chunk_size=CHUNK,
-        dm_verity_block_size=4096,
-    )
-    theirs = verity_payload(out.getvalue(), result.annotations)
+    blob_b, result = pack_bytes(other, dm_verity_block_size=4096)
+    theirs = verity_payload(blob_b, result.annotations)
     at = int(annotations[seekable.ANNOTATION_VERITY_OFFSET])
     return blob[:at] + seekable.skippable_frame(theirs)
 

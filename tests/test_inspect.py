@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from stream_processor import dmverity, seekable
 from stream_processor.inspection import format_table, inspect_path
 from stream_processor.mediatypes import Compression
-from stream_processor.pack import PackResult, pack_image
+from stream_processor.pack import PackResult
 from tests.conftest import FIXED_UUID, run_cli
 from tests.test_seekable import CHUNK, assemble, pack_bytes, split
 
@@ -244,15 +243,7 @@ def test_uuid_in_both_byte_orders(erofs_bytes: bytes) -> None:
 
 
 def _verity_blob(erofs_bytes: bytes) -> tuple[bytes, PackResult]:
-    out = io.BytesIO()
-    result = pack_image(
-        io.BytesIO(erofs_bytes),
-        out,
-        compression=Compression.ZSTD,
-        chunk_size=CHUNK,
-        dm_verity_block_size=4096,
-    )
-    return out.getvalue(), result
+    return pack_bytes(erofs_bytes, dm_verity_block_size=4096)
 
 
 def test_dm_verity_frame_is_shown_and_verified(erofs_bytes: bytes) -> None:

@@ -41,6 +41,7 @@ def pack_bytes(
     chunk_size: int | None = CHUNK,
     threads: int = 1,
     level: int | None = None,
+    dm_verity_block_size: int | None = None,
 ) -> tuple[bytes, PackResult]:
     out = io.BytesIO()
     result = pack_image(
@@ -50,6 +51,7 @@ def pack_bytes(
         chunk_size=chunk_size,
         threads=threads,
         level=level,
+        dm_verity_block_size=dm_verity_block_size,
     )
     return out.getvalue(), result
 
@@ -409,16 +411,9 @@ def test_oversized_table_frame_is_refused(packed: tuple[bytes, PackResult]) -> N
 
 
 def test_dm_verity_frame_is_checked_and_noted(erofs_bytes: bytes) -> None:
-    out = io.BytesIO()
-    pack_image(
-        io.BytesIO(erofs_bytes),
-        out,
-        compression=Compression.ZSTD,
-        chunk_size=CHUNK,
-        dm_verity_block_size=4096,
-    )
+    blob, _ = pack_bytes(erofs_bytes, dm_verity_block_size=4096)
     for threads in (1, 2):
-        decoded, result, error = decode_lib(out.getvalue(), threads)
+        decoded, result, error = decode_lib(blob, threads)
         assert error is None and decoded == erofs_bytes
         assert any("dm-verity frame at offset" in note for note in result.notes)
     parts = split(pack_bytes(erofs_bytes)[0])
@@ -515,16 +510,9 @@ def test_any_mutation_is_refused_or_harmless(
 
 
 def test_checked_verity_frame_reaches_the_log_record(erofs_bytes: bytes, tmp_path: Path) -> None:
-    out = io.BytesIO()
-    pack_image(
-        io.BytesIO(erofs_bytes),
-        out,
-        compression=Compression.ZSTD,
-        chunk_size=CHUNK,
-        dm_verity_block_size=4096,
-    )
+    blob, _ = pack_bytes(erofs_bytes, dm_verity_block_size=4096)
     log = tmp_path / "sp.log"
-    proc = run_cli(["--log-file", str(log), "--log-level", "info"], out.getvalue())
+    proc = run_cli(["--log-file", str(log), "--log-level", "info"], blob)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["event"] == "decoded"
