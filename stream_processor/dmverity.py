@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import tempfile
 from collections.abc import Iterator
 from typing import IO, NamedTuple
 
@@ -322,6 +321,8 @@ class ImageSpool:
     def write(self, chunk: bytes | memoryview) -> None:
         try:
             if self._file is None:
+                import tempfile  # only --verify-dm-verity and inspect spool
+
                 self._file = tempfile.TemporaryFile(prefix="erofs-sp-verity-")  # noqa: SIM115
             self._file.write(chunk)
         except OSError as exc:
