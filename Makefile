@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps tools test lint bench demo fuzz clean
+.PHONY: install system-deps tools test lint bench bench-wire demo fuzz clean
 
 install: system-deps $(STAMP)
 
@@ -37,6 +37,9 @@ lint: install
 
 bench: install tools
 	$(PY) benchmarks/run.py
+
+bench-wire: install  # wire size by chunk size and zstd level; ~10 minutes, not in make bench
+	$(PY) benchmarks/bench_wire.py
 
 demo: install
 	$(PY) -m stream_processor.demo

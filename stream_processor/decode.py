@@ -9,6 +9,7 @@ and the gate's final checks passed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from stream_processor import compression as codecs
 from stream_processor import mediatypes
@@ -18,6 +19,9 @@ from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
+
+if TYPE_CHECKING:
+    from stream_processor.seekable import ChunkTableVerifier
 
 # Plain classes, not dataclasses, on the decode path: importing ``dataclasses``
 # (and the ``inspect`` it pulls in) costs ~7 ms of every layer's start-up.
@@ -32,11 +36,13 @@ class DecodeOptions:
         max_output_bytes: int = DEFAULT_MAX_OUTPUT,
         max_window_size: int = DEFAULT_MAX_WINDOW,
         threads: int = 1,  # > 1: independent zstd frames decode on this many threads
+        verify_dm_verity: bool = False,  # recompute a dm-verity frame's tree (spools the image)
     ) -> None:
         self.media_type = media_type
         self.max_output_bytes = max_output_bytes
         self.max_window_size = max_window_size
         self.threads = threads
+        self.verify_dm_verity = verify_dm_verity
 
 
 class DecodeResult:
@@ -68,7 +74,19 @@ def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterat
         return codecs.decoder(result.compression, src, max_window_size=options.max_window_size)
     from stream_processor.seekable import ChunkTableVerifier
 
-    observer = ChunkTableVerifier(result.notes)
+    spool = None
+    if options.verify_dm_verity:
+        from stream_processor.dmverity import ImageSpool
+
+        spool = ImageSpool()
+    observer = ChunkTableVerifier(result.notes, spool)
+    chunks = _zstd_chunks(src, result, options, observer)
+    return spool.tee(chunks) if spool is not None else chunks
+
+
+def _zstd_chunks(
+    src: Source, result: DecodeResult, options: DecodeOptions, observer: ChunkTableVerifier
+) -> Iterator[bytes]:
     if options.threads > 1:
         from stream_processor.parallel_zstd import decode_zstd_parallel
 
@@ -80,7 +98,7 @@ def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterat
             stats=result.zstd,
         )
     return codecs.decoder(
-        result.compression,
+        Compression.ZSTD,
         src,
         max_window_size=options.max_window_size,
         observer=observer,

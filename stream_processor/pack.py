@@ -7,8 +7,10 @@ reading anything twice.
 
 The default zstd output is the seekable layout of ``seekable``: one frame
 per chunk (content size and checksum in every frame header) followed by the
-chunk-table skippable frame. Chunks are compressed on ``threads`` worker
-threads (libzstd releases the GIL), at most ``threads + 1`` chunks in
+chunk-table skippable frame, and with ``dm_verity_block_size`` the dm-verity
+frame of ``dmverity`` after it (docs/seekable.md). Chunks are compressed
+(and, for dm-verity, their blocks hashed) on ``threads`` worker threads
+(libzstd and hashlib release the GIL), at most ``threads + 1`` chunks in
 flight, and written in order. Any stock ``zstd -d`` decodes the result.
 """
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stream_processor import mediatypes, seekable, superblock
+from stream_processor import dmverity, mediatypes, seekable, superblock
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.validator import describe
@@ -55,6 +57,46 @@ def chunk_size_option(
             raise UsageError("--chunk-size and --no-chunk-table exclude each other")
         return None
     return int(chunk_size) if chunk_size is not None else DEFAULT_CHUNK_SIZE
+
+
+def add_dm_verity_arguments(parser: Any) -> None:
+    """``--dm-verity`` and ``--dm-verity-block-size``, shared by ``pack`` and ``convert``."""
+    parser.add_argument(
+        "--dm-verity",
+        action="store_true",
+        help="append a dm-verity hash tree (sha512) after the chunk table, as containerd's "
+        "seekable layout does; adds the dmverity.offset and root_digest annotations",
+    )
+    parser.add_argument(
+        "--dm-verity-block-size",
+        type=int,
+        metavar="BYTES",
+        help="dm-verity data and hash block size: "
+        + ", ".join(map(str, dmverity.BLOCK_SIZES))
+        + f" (default {dmverity.DEFAULT_BLOCK_SIZE}); implies --dm-verity",
+    )
+
+
+def dm_verity_option(args: Any, chunk_size: int | None) -> int | None:
+    """The dm-verity block size for ``pack_image``, or None without ``--dm-verity``.
+
+    ``chunk_size`` is what ``chunk_size_option`` gave: dm-verity needs the
+    seekable zstd layout, so None (gzip, none, ``--no-chunk-table``) is refused.
+    """
+    size = args.dm_verity_block_size
+    if size is None and not args.dm_verity:
+        return None
+    if chunk_size is None:
+        raise UsageError(_VERITY_NEEDS_TABLE)
+    try:
+        return dmverity.check_block_size(size or dmverity.DEFAULT_BLOCK_SIZE)
+    except ValueError as exc:
+        raise UsageError(f"--dm-verity-block-size: {exc}") from None
+
+
+_VERITY_NEEDS_TABLE = (
+    "--dm-verity needs the seekable zstd layout (not gzip, none or --no-chunk-table)"
+)
 
 
 @dataclass(frozen=True)
@@ -116,7 +158,7 @@ class _ImageReader:
         self.superblock: superblock.Superblock | None = None
 
     def pieces(self, size: int) -> Iterator[bytes]:
-        want = max(size, HEAD_BYTES)
+        want = size * -(-HEAD_BYTES // size)  # whole pieces: only the last may be short
         pending = _read_exact(self._image, want)
         if not pending:
             raise DataError("the image is empty")
@@ -166,20 +208,39 @@ def _ordered(
 
 
 def _pack_zstd_chunked(
-    reader: _ImageReader, out: _HashingWriter, level: int, chunk_size: int, threads: int
+    reader: _ImageReader,
+    out: _HashingWriter,
+    level: int,
+    chunk_size: int,
+    threads: int,
+    verity_block_size: int | None = None,
 ) -> dict[str, str]:
     import zstandard
 
     local = threading.local()
+    tree: dmverity.TreeBuilder | None = None
+    # Workers hash the dm-verity blocks of a chunk when chunks hold whole blocks
+    # (only the last chunk may be short, and its last block is zero-padded anyway).
+    in_worker = verity_block_size is not None and chunk_size % verity_block_size == 0
 
-    def compress(chunk: bytes) -> tuple[bytes, bytes]:
+    def compress(chunk: bytes) -> tuple[bytes, bytes, bytes | None, int]:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = zstandard.ZstdCompressor(
                 level=level, write_checksum=True, write_content_size=True
             )
         frame = cctx.compress(chunk)
-        return frame, hashlib.sha512(frame).digest()
+        blocks = tree.hash_blocks(chunk) if in_worker and tree is not None else None
+        return frame, hashlib.sha512(frame).digest(), blocks, len(chunk)
+
+    def pieces() -> Iterator[bytes]:
+        nonlocal tree
+        for piece in reader.pieces(chunk_size):
+            if verity_block_size is not None and tree is None:
+                tree = dmverity.TreeBuilder(dmverity.derive_salt(piece), verity_block_size)
+            if tree is not None and not in_worker:
+                tree.update(piece)  # in order, here: a block may straddle two chunks
+            yield piece
 
     offsets: list[int] = []
     digests: list[bytes] = []
@@ -187,19 +248,47 @@ def _pack_zstd_chunked(
     # packs many layers in one process, where it would trade faults for fragmentation.
     pool = ThreadPoolExecutor(threads, "pack") if threads > 1 else None
     try:
-        for frame, digest in _ordered(pool, compress, reader.pieces(chunk_size), threads):
+        for frame, digest, blocks, length in _ordered(pool, compress, pieces(), threads):
             offsets.append(out.size)
             digests.append(digest)
             out.write(frame)
+            if tree is not None and blocks is not None:
+                tree.add_digests(blocks, length)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     table = seekable.build_table(reader.size, chunk_size, offsets, digests)
     table_offset = out.size
     out.write(seekable.skippable_frame(table))
-    return {
+    annotations = {
         seekable.ANNOTATION_TABLE_OFFSET: str(table_offset),
-        seekable.ANNOTATION_TABLE_DIGEST: "sha256:" + hashlib.sha256(table).hexdigest(),
+        seekable.ANNOTATION_TABLE_DIGEST: seekable.table_digest(table),
+    }
+    if tree is not None:
+        annotations.update(_write_verity(tree, reader, out))
+    return annotations
+
+
+def _write_verity(
+    tree: dmverity.TreeBuilder, reader: _ImageReader, out: _HashingWriter
+) -> dict[str, str]:
+    """Append the dm-verity frame; return its two annotations."""
+    hashes, root = tree.finish()
+    sb = dmverity.Superblock(
+        version=dmverity.VERSION,
+        hash_type=dmverity.HASH_TYPE,
+        uuid=dmverity.derive_uuid(reader.sha256.digest()),
+        hash_name=tree.hash_name,
+        data_block_size=tree.block_size,
+        hash_block_size=tree.block_size,
+        data_blocks=tree.data_blocks,
+        salt=tree.salt,
+    )
+    offset = out.size
+    out.write(seekable.skippable_frame(dmverity.build_payload(sb, hashes)))
+    return {
+        seekable.ANNOTATION_VERITY_OFFSET: str(offset),
+        seekable.ANNOTATION_VERITY_ROOT: dmverity.root_digest(sb, root),
     }
 
 
@@ -243,11 +332,13 @@ def pack_image(
     level: int | None = None,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     threads: int = 1,
+    dm_verity_block_size: int | None = None,
 ) -> PackResult:
     """Compress the raw EROFS image read from ``image`` into ``out``.
 
     ``chunk_size`` applies to zstd only: a size writes the seekable layout,
-    ``None`` a plain single-stream layer. gzip and none ignore it. Raises
+    ``None`` a plain single-stream layer. gzip and none ignore it.
+    ``dm_verity_block_size`` appends the dm-verity frame (chunked zstd only). Raises
     ``DataError`` if the image is not a complete, valid EROFS image (``out``
     then holds a partial blob the caller should discard).
     """
@@ -256,6 +347,13 @@ def pack_image(
     writer = _HashingWriter(out)
     annotations: dict[str, str] = {}
     used_chunk: int | None = None
+    if dm_verity_block_size is not None:
+        if compression is not Compression.ZSTD or chunk_size is None:
+            raise UsageError(_VERITY_NEEDS_TABLE)
+        try:
+            dmverity.check_block_size(dm_verity_block_size)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if compression is Compression.ZSTD:
         zlevel = DEFAULT_ZSTD_LEVEL if level is None else level
         if chunk_size is not None:
@@ -264,7 +362,9 @@ def pack_image(
                     f"chunk size {chunk_size} is outside {seekable.MIN_CHUNK_SIZE}.."
                     f"{seekable.MAX_CHUNK_SIZE} bytes"
                 )
-            annotations = _pack_zstd_chunked(reader, writer, zlevel, chunk_size, threads)
+            annotations = _pack_zstd_chunked(
+                reader, writer, zlevel, chunk_size, threads, dm_verity_block_size
+            )
             used_chunk = chunk_size
         else:
             _pack_zstd_plain(reader, writer, zlevel, threads)

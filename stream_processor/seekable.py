@@ -1,6 +1,6 @@
 """The seekable EROFS layer: the chunk table, and checking a stream against it.
 
-Layout (REFERENCE.md section 5, containerd PR 12764): the raw image is cut
+Layout (docs/seekable.md, containerd PR 12764): the raw image is cut
 into fixed chunks, each an independent zstd frame; a skippable frame (magic
 0x184D2A50) then carries the chunk table. Its payload is a 23-byte
 little-endian header (magic 0xCDE4EC67, version 1, uncompressed size u64,
@@ -26,9 +26,12 @@ import hashlib
 import struct
 from array import array
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream_processor.errors import DataError
+
+if TYPE_CHECKING:
+    from stream_processor.dmverity import ImageSpool, Superblock
 
 SKIPPABLE_TABLE_MAGIC = 0x184D2A50  # the skippable-frame magic the table is written with
 TABLE_MAGIC = 0xCDE4EC67
@@ -122,8 +125,83 @@ class ChunkTable:
         return [self.chunk(i) for i in range(self.count)]
 
     def digest(self) -> str:
-        """``sha256:<hex>`` over header + entries: the ``chunk_digest`` annotation."""
-        return "sha256:" + hashlib.sha256(self.raw).hexdigest()
+        """``sha512:<hex>`` over header + entries: the ``chunk_digest`` annotation."""
+        return table_digest(self.raw)
+
+
+def table_digest(payload: bytes) -> str:
+    """The ``chunk_digest`` annotation: ``sha512:<hex>`` over the table payload, the only
+    form containerd's reader accepts (docs/seekable.md)."""
+    return "sha512:" + hashlib.sha512(payload).hexdigest()
+
+
+DIGEST_FORMS = ("sha512", "sha256")  # sha256: what this project wrote before
+
+
+class FrameCapture:
+    """Pass a blob through (``read``/``readinto``), keeping the skippable frame at ``offset``.
+
+    ``convert`` re-wraps an EROFS layer by streaming it once; this keeps the
+    source's chunk table on the way, so its ``chunk_digest`` annotation can be
+    checked without reading the blob twice. At most ``TABLE_PAYLOAD_LIMIT`` is kept.
+    """
+
+    def __init__(self, raw: Any, offset: int) -> None:
+        self._raw = raw
+        self._offset = offset
+        self._at = 0
+        self._kept = bytearray()
+
+    def _keep(self, data: bytes | memoryview) -> None:
+        start, end = self._at, self._at + len(data)
+        self._at = end
+        want = 8 + TABLE_PAYLOAD_LIMIT
+        if len(self._kept) >= 8:
+            want = min(want, 8 + int.from_bytes(self._kept[4:8], "little"))
+        lo = max(start, self._offset + len(self._kept))
+        hi = min(end, self._offset + want)
+        if lo < hi:
+            self._kept += data[lo - start : hi - start]
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self._keep(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n: int = self._raw.readinto(buffer)
+        self._keep(memoryview(buffer)[:n])
+        return n
+
+    def readable(self) -> bool:
+        return True
+
+    def payload(self) -> bytes:
+        """The frame's payload; ``DataError`` if the blob has no skippable frame there."""
+        head = bytes(self._kept[:8])
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) < 8 or (magic & 0xFFFFFFF0) != SKIPPABLE_TABLE_MAGIC:
+            raise DataError(
+                f"chunk_table_offset annotation {self._offset}: no skippable frame there"
+            )
+        return bytes(self._kept[8:])
+
+
+def check_table_digest(payload: bytes, annotation: str) -> str:
+    """Check a ``chunk_digest`` annotation against the table payload.
+
+    Accepts ``sha512:`` (containerd's form) and ``sha256:`` (earlier versions
+    of this project); returns the algorithm found. ``DataError`` if the form
+    is unknown or the digest differs.
+    """
+    algo, _, hexdigest = annotation.partition(":")
+    if algo not in DIGEST_FORMS or not hexdigest:
+        raise DataError(
+            f"chunk_digest annotation {annotation!r} is neither sha512:<hex> nor sha256:<hex>"
+        )
+    if hashlib.new(algo, payload).hexdigest() != hexdigest.lower():
+        raise DataError(f"chunk_digest annotation ({algo}) does not match the chunk table")
+    return algo
 
 
 def chunk_count(uncompressed_size: int, chunk_size: int) -> int:
@@ -266,7 +344,7 @@ class ChunkTableVerifier:
     kept to name the chunk that differs.
     """
 
-    def __init__(self, notes: list[str] | None = None) -> None:
+    def __init__(self, notes: list[str] | None = None, spool: ImageSpool | None = None) -> None:
         self.offsets = array("Q")
         self.ends = array("q")
         self.sizes = array("q")
@@ -280,6 +358,14 @@ class ChunkTableVerifier:
         self.notes = notes if notes is not None else []
         self.verified = False
         self._what = "unknown"
+        # dm-verity frame: its superblock is always checked (cheap); with a spool of
+        # the image (--verify-dm-verity) the whole tree is recomputed in ``finish``.
+        self.spool = spool
+        self.verity: Superblock | None = None
+        self.verity_offset: int | None = None
+        self.verity_size = 0
+        self.verity_payload: bytes | None = None
+        self.verity_root: str | None = None  # set when the tree was recomputed and matched
 
     @property
     def frame_count(self) -> int:
@@ -321,6 +407,8 @@ class ChunkTableVerifier:
 
     def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
         self._what = describe_skippable(magic, head)
+        if head.startswith(VERITY_SIGNATURE):
+            return self._verity_frame(offset, size, head)
         if not is_table_payload(head):
             return False
         if size > TABLE_PAYLOAD_LIMIT:
@@ -330,7 +418,24 @@ class ChunkTableVerifier:
             )
         return True
 
+    def _verity_frame(self, offset: int, size: int, head: bytes) -> bool:
+        from stream_processor.dmverity import parse_superblock
+
+        if self.verity is not None:
+            raise DataError(
+                f"dm-verity: a second dm-verity frame at offset {offset} "
+                f"(the first is at {self.verity_offset})"
+            )
+        self.verity = parse_superblock(head)
+        self.verity_offset = offset
+        self.verity_size = size
+        return self.spool is not None
+
     def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
+        if offset == self.verity_offset:
+            self.verity_payload = payload
+            self.skipped.append((offset, size, self._what))
+            return
         if payload is None:
             self.skipped.append((offset, size, self._what))
             self.notes.append(f"skipped {self._what} in a skippable frame at offset {offset}")
@@ -344,10 +449,29 @@ class ChunkTableVerifier:
         self.table_offset = offset
 
     def finish(self, total_out: int, end_offset: int) -> None:
-        if self.table is None:
+        if self.table is not None:
+            self._verify(self.table, total_out)
+            self.verified = True
+        if self.verity is not None:
+            self._check_verity(self.verity, total_out)
+        elif self.spool is not None:
+            self.notes.append("--verify-dm-verity: the layer has no dm-verity frame to verify")
+
+    def _check_verity(self, sb: Superblock, total_out: int) -> None:
+        from stream_processor import dmverity
+
+        dmverity.check_against_image(sb, self.verity_size, total_out)
+        if self.spool is None or self.verity_payload is None:
+            self.notes.append(
+                f"dm-verity frame at offset {self.verity_offset}: superblock checked, "
+                "tree not recomputed (--verify-dm-verity does)"
+            )
             return
-        self._verify(self.table, total_out)
-        self.verified = True
+        try:
+            self.verity_root = dmverity.verify_tree(sb, self.verity_payload, self.spool.read())
+        finally:
+            self.spool.close()
+        self.notes.append(f"dm-verity tree verified, root {self.verity_root}")
 
     def _verify(self, table: ChunkTable, total_out: int) -> None:
         """Raise ``DataError`` naming the first chunk that does not match the table."""

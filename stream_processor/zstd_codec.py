@@ -182,7 +182,7 @@ def read_skippable(
         stats.skippable.append((magic, offset, size))
     payload: bytes | None = None
     if observer is not None:
-        first = bytes(src.peek(min(size, 64)))
+        first = bytes(src.peek(min(size, 512)))  # a dm-verity superblock is 512
         if observer.wants_payload(magic, offset, size, first):
             if size > SKIPPABLE_PAYLOAD_LIMIT:
                 raise DataError(

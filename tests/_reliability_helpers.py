@@ -54,7 +54,7 @@ SUBPROCESS_TIMEOUT = 30.0
 
 SKIPPABLE_TABLE_MAGIC = 0x184D2A50
 CHUNK_TABLE_MAGIC = 0xCDE4EC67
-CHUNK_HEADER = struct.Struct("<IIQIBH")  # 23 bytes, REFERENCE.md section 5
+CHUNK_HEADER = struct.Struct("<IIQIBH")  # 23 bytes, docs/seekable.md
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SB_OFFSET = 1024
 EROFS_MAGIC = b"\xe2\xe1\xf5\xe0"
@@ -111,7 +111,7 @@ def chunk_table(
     *,
     version: int = 1,
 ) -> bytes:
-    """The chunk-table payload of REFERENCE.md section 5 (header + entries)."""
+    """The chunk-table payload of docs/seekable.md (header + entries)."""
     algo = 1 if hashes is not None else 0
     out = [CHUNK_HEADER.pack(CHUNK_TABLE_MAGIC, version, image_size, chunk_size, algo, 0)]
     for i, off in enumerate(offsets):
@@ -124,7 +124,7 @@ def chunk_table(
 def chunked_layer(image: bytes, chunk_size: int = 64 * 1024) -> bytes:
     """A seekable layer made by the product's own packer (issue 4's ``pack_image``).
 
-    Falls back to building the REFERENCE.md section 5 layout directly (SHA-512
+    Falls back to building the docs/seekable.md layout directly (SHA-512
     per frame) where the packer refuses the input, e.g. a forged superblock.
     """
     from stream_processor.errors import ProcessorError

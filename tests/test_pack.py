@@ -93,7 +93,7 @@ def test_round_trip(
         payload = split(blob).table
         assert blob[offset + 8 :] == payload
         assert annotations[seekable.ANNOTATION_TABLE_DIGEST] == (
-            "sha256:" + hashlib.sha256(payload).hexdigest()
+            "sha512:" + hashlib.sha512(payload).hexdigest()
         )
     else:
         assert record["chunkSize"] is None and record["annotations"] == {}

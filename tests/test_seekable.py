@@ -41,6 +41,7 @@ def pack_bytes(
     chunk_size: int | None = CHUNK,
     threads: int = 1,
     level: int | None = None,
+    dm_verity_block_size: int | None = None,
 ) -> tuple[bytes, PackResult]:
     out = io.BytesIO()
     result = pack_image(
@@ -50,6 +51,7 @@ def pack_bytes(
         chunk_size=chunk_size,
         threads=threads,
         level=level,
+        dm_verity_block_size=dm_verity_block_size,
     )
     return out.getvalue(), result
 
@@ -170,7 +172,7 @@ def test_table_layout_matches_reference(
         at += len(frame)
     offset = int(result.annotations[seekable.ANNOTATION_TABLE_OFFSET])
     assert blob[offset : offset + 4] == (0x184D2A50).to_bytes(4, "little")
-    digest = "sha256:" + hashlib.sha256(parts.table).hexdigest()
+    digest = "sha512:" + hashlib.sha512(parts.table).hexdigest()
     assert result.annotations[seekable.ANNOTATION_TABLE_DIGEST] == digest == table.digest()
 
 
@@ -408,16 +410,16 @@ def test_oversized_table_frame_is_refused(packed: tuple[bytes, PackResult]) -> N
 # -- skippable frames that are not tables -------------------------------------------
 
 
-def test_dm_verity_frame_is_skipped_and_noted(
-    packed: tuple[bytes, PackResult], erofs_bytes: bytes
-) -> None:
-    parts = split(packed[0])
-    verity = seekable.skippable_frame(seekable.VERITY_SIGNATURE + bytes(4096 - 8), magic=0x184D2A51)
-    blob = assemble(parts.frames, parts.table) + verity
+def test_dm_verity_frame_is_checked_and_noted(erofs_bytes: bytes) -> None:
+    blob, _ = pack_bytes(erofs_bytes, dm_verity_block_size=4096)
     for threads in (1, 2):
-        out, result, error = decode_lib(blob, threads)
-        assert error is None and out == erofs_bytes
-        assert any("dm-verity" in note for note in result.notes)
+        decoded, result, error = decode_lib(blob, threads)
+        assert error is None and decoded == erofs_bytes
+        assert any("dm-verity frame at offset" in note for note in result.notes)
+    parts = split(pack_bytes(erofs_bytes)[0])
+    empty = seekable.skippable_frame(seekable.VERITY_SIGNATURE + bytes(4096 - 8))
+    _, _, error = decode_lib(assemble(parts.frames, parts.table) + empty, 1)
+    assert error is not None and "dm-verity: superblock version 0" in error.message
 
 
 def test_plain_multi_frame_stream_without_table_decodes(erofs_bytes: bytes) -> None:
@@ -507,21 +509,15 @@ def test_any_mutation_is_refused_or_harmless(
         assert len(out) < len(erofs_bytes)
 
 
-def test_skipped_verity_frame_reaches_the_log_record(
-    packed: tuple[bytes, PackResult], erofs_bytes: bytes, tmp_path: Path
-) -> None:
-    parts = split(packed[0])
-    verity = seekable.skippable_frame(seekable.VERITY_SIGNATURE + bytes(504), magic=0x184D2A51)
+def test_checked_verity_frame_reaches_the_log_record(erofs_bytes: bytes, tmp_path: Path) -> None:
+    blob, _ = pack_bytes(erofs_bytes, dm_verity_block_size=4096)
     log = tmp_path / "sp.log"
-    proc = run_cli(
-        ["--log-file", str(log), "--log-level", "info"],
-        assemble(parts.frames, parts.table) + verity,
-    )
+    proc = run_cli(["--log-file", str(log), "--log-level", "info"], blob)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
     record = json.loads(log.read_text().splitlines()[-1])
     assert record["event"] == "decoded"
-    assert any("dm-verity" in note for note in record["notes"])
-    assert record["frames"] == len(parts.frames)
+    assert any("dm-verity frame at offset" in note for note in record["notes"])
+    assert record["frames"] == seekable.chunk_count(len(erofs_bytes), CHUNK)
 
 
 def test_shared_tar_zstd_route_verifies_tables_too(

@@ -63,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", "-j", type=int, default=0, help="layers converted at once (default: CPU count)"
     )
+    from stream_processor.pack import add_dm_verity_arguments
+
+    add_dm_verity_arguments(parser)
     parser.add_argument("--archive", action="store_true", help="write DST as an oci-archive tar")
     parser.add_argument(
         "--work-dir",
@@ -102,20 +105,22 @@ def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.layers import LayerSettings
     from stream_processor.convert.progress import Progress
     from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES
-    from stream_processor.pack import chunk_size_option
+    from stream_processor.pack import chunk_size_option, dm_verity_option
 
     compression = Compression(args.compression)
     if args.jobs < 0:
         raise UsageError("--jobs must be 0 (CPU count) or more")
     if args.work_dir is not None and not args.work_dir.is_dir():
         raise UsageError(f"--work-dir {args.work_dir} is not a directory")
+    chunk_size = chunk_size_option(compression, args.chunk_size, args.no_chunk_table)
     settings = LayerSettings(
         compression=compression,
-        chunk_size=chunk_size_option(compression, args.chunk_size, args.no_chunk_table),
+        chunk_size=chunk_size,
         level=args.level,
         max_layer_bytes=args.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
         mkfs=args.mkfs,
         builder=args.builder,
+        dm_verity_block_size=dm_verity_option(args, chunk_size),
     )
     options = ConvertOptions(
         settings=settings,

@@ -27,6 +27,7 @@ from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
 
+ENV_VERIFY_DM_VERITY = "EROFS_SP_VERIFY_DM_VERITY"
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -63,6 +64,7 @@ class _Option(NamedTuple):
     help: str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
+    boolean: bool = False  # takes no value: present means True
 
     @property
     def dest(self) -> str:
@@ -92,6 +94,14 @@ OPTIONS = (
         None,
         "threads for independent zstd frames (default: CPUs available to this process)",
     ),
+    _Option(
+        "--verify-dm-verity",
+        bool,
+        False,
+        f"recompute a dm-verity frame's hash tree over the image and refuse a mismatch "
+        f"(or ${ENV_VERIFY_DM_VERITY}=1); spools the image to $TMPDIR",
+        boolean=True,
+    ),
     _Option("--log-file", str, None, f"append a record per run to this file (or ${log.ENV_FILE})"),
     _Option(
         "--log-format",
@@ -119,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"default": option.default, "help": option.help}
+        if option.boolean:
+            parser.add_argument(option.flag, action="store_true", **kwargs)
+            continue
         if option.convert is not str:
             kwargs["type"] = option.convert
         if option.choices is not None:
@@ -143,6 +156,12 @@ def parse_fast(argv: list[str]) -> argparse.Namespace | None:
         option = by_flag.get(flag)
         if option is None:
             return None
+        if option.boolean:
+            if eq:
+                return None
+            values[option.dest] = True
+            i += 1
+            continue
         if not eq:
             if i + 1 >= len(argv):
                 return None
@@ -180,10 +199,18 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown log format {config.fmt!r}; use json or logfmt")
     media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
     threads = args.threads or len(os.sched_getaffinity(0))
+    verify_dm_verity = args.verify_dm_verity or os.environ.get(ENV_VERIFY_DM_VERITY, "") not in (
+        "",
+        "0",
+    )
     signal.signal(signal.SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     options = DecodeOptions(
-        media_type, args.max_output_bytes, args.max_window_size, threads=threads
+        media_type,
+        args.max_output_bytes,
+        args.max_window_size,
+        threads=threads,
+        verify_dm_verity=verify_dm_verity,
     )
     result = DecodeResult(media_type)
 

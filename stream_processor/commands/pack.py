@@ -13,7 +13,14 @@ from typing import BinaryIO, TextIO
 from stream_processor.commands.decode import parse_size
 from stream_processor.errors import InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
-from stream_processor.pack import PackResult, build_image, chunk_size_option, pack_image
+from stream_processor.pack import (
+    PackResult,
+    add_dm_verity_arguments,
+    build_image,
+    chunk_size_option,
+    dm_verity_option,
+    pack_image,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write a plain single-stream zstd layer instead of the seekable layout",
     )
+    add_dm_verity_arguments(parser)
     parser.add_argument("--uuid", help="volume UUID when building from a directory")
     parser.add_argument(
         "--timestamp",
@@ -80,6 +88,7 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
             level=args.level,
             chunk_size=chunk_size,
             threads=threads,
+            dm_verity_block_size=dm_verity_option(args, chunk_size),
         )
     output = Path(args.output)
     # Write next to the target and rename: a failed pack never leaves a partial blob.
@@ -97,6 +106,7 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
                 level=args.level,
                 chunk_size=chunk_size,
                 threads=threads,
+                dm_verity_block_size=dm_verity_option(args, chunk_size),
             )
         os.replace(tmp, output)
     except BaseException:

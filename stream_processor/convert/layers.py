@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from stream_processor import seekable
 from stream_processor.convert.erofsbuild import (
     MKFS,
     build_from_directory,
@@ -94,6 +95,7 @@ class LayerSettings:
     build_time: int = 0
     mkfs: str = MKFS  # a name looked up on PATH, or a path
     builder: str = "auto"  # "tar", "dir", or "auto": tar when mkfs.erofs can stream one
+    dm_verity_block_size: int | None = None  # append a dm-verity frame (seekable zstd only)
 
 
 BUILDERS = ("auto", "tar", "dir")
@@ -133,6 +135,8 @@ class LayerReport:
     entries: int | None = None
     phases: dict[str, float] | None = None  # unpack / mkfs / pack seconds of a rebuilt layer
     builder: str | None = None  # "tar" or "dir" for a rebuilt layer
+    # a re-wrapped layer's chunk_digest annotation: "sha512", or "sha256" (our older form)
+    source_chunk_digest: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -231,6 +235,7 @@ def convert_layer(
     blob_fd, blob_name = tempfile.mkstemp(prefix=".tmp-", dir=blob_dir)
     blob = Path(blob_name)
     os.fchmod(blob_fd, 0o644)
+    source_chunk_digest = None
     try:
         with open(blob_fd, "wb") as out:
             if kind is LayerKind.TAR:
@@ -249,7 +254,9 @@ def convert_layer(
                     timings,
                 )
             else:
-                pack = _rewrap(layout, desc, compression, settings, out, threads, on_bytes)
+                pack, source_chunk_digest = _rewrap(
+                    layout, desc, compression, settings, out, threads, on_bytes
+                )
                 tar_size, entries, phases = None, None, None
     except BaseException:
         blob.unlink(missing_ok=True)
@@ -271,6 +278,7 @@ def convert_layer(
         entries=entries,
         phases=phases,
         builder=settings.builder if kind is LayerKind.TAR else None,
+        source_chunk_digest=source_chunk_digest,
     )
     return LayerOutcome(pack, blob, report)
 
@@ -373,18 +381,35 @@ def _rewrap(
     out: BinaryIO,
     threads: int,
     on_bytes: Callable[[int], None] | None,
-) -> PackResult:
+) -> tuple[PackResult, str | None]:
+    """Re-wrap an EROFS layer; also check its chunk_digest annotation, if it has one.
+
+    Returns the pack result and the annotation's form ("sha512", or "sha256" as
+    earlier versions of this project wrote it), None without the annotation.
+    """
     what = f"layer {desc.get('digest')}"
+    notes = desc.get("annotations") or {}
+    table_digest = notes.get(seekable.ANNOTATION_TABLE_DIGEST)
+    table_offset = notes.get(seekable.ANNOTATION_TABLE_OFFSET)
+    form = None
     with layout.open_blob(desc, "layer") as blob:
-        image = HashingReader(decompressor(blob, compression), what, on_bytes)
+        source: Any = blob
+        if table_digest is not None and str(table_offset or "").isdigit():
+            source = capture = seekable.FrameCapture(blob, int(str(table_offset)))
+        image = HashingReader(decompressor(source, compression), what, on_bytes)
         try:
             pack = _pack(io.BufferedReader(image, READ_SIZE), out, settings, threads)
         except DataError as exc:
             raise DataError(f"{what}: {exc.message}") from None
         image.drain()  # pack_image reads to the end already; this only makes it explicit
-        while blob.read(READ_SIZE):  # so the blob's digest is checked
+        while source.read(READ_SIZE):  # so the blob's digest is checked
             pass
-    return pack
+    if source is not blob:
+        try:
+            form = seekable.check_table_digest(capture.payload(), str(table_digest))
+        except DataError as exc:
+            raise DataError(f"{what}: {exc.message}") from None
+    return pack, form
 
 
 def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -> PackResult:
@@ -396,4 +421,5 @@ def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -
         level=settings.level,
         chunk_size=chunk,
         threads=threads,
+        dm_verity_block_size=settings.dm_verity_block_size,
     )
