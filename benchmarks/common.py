@@ -2,8 +2,11 @@
 
 The image is a real EROFS image built by mkfs.erofs from a real directory
 tree (``/usr/share`` by default, ``BENCH_TREE`` to override), cached under
-``benchmarks/work/``. The consumer reads 32 KiB at a time, hashes with
-SHA-256 and writes to a file, like containerd's erofs differ.
+``benchmarks/work/``. Every decoder is fed and drained as containerd does it
+(docs/stream-processor-contract.md): ``dd bs=32k`` writes the blob into the
+stdin pipe, and a compiled consumer (``consumer.c``) reads 32 KiB at a time,
+hashes with SHA-256 and writes to a file, as the erofs differ's ``io.Copy``
+does. The processor is started as the generated containerd config starts it.
 """
 
 from __future__ import annotations
@@ -22,35 +25,65 @@ ROOT = HERE.parent
 WORK = HERE / "work"
 MIN_IMAGE = 200 * 10**6
 
-CONSUMER = """
-import hashlib, os, sys
-h = hashlib.sha256()
-out = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-read = sys.stdin.buffer.raw.read
-while True:
-    b = read(32768)
-    if not b:
-        break
-    h.update(b)
-    os.write(out, b)
-print(h.hexdigest())
-"""
+CONSUMER_SOURCE = HERE / "consumer.c"
+FEED_BLOCK = "32k"  # containerd feeds stdin from a goroutine, 32 KiB at a time
 
 
-def processor_cmd() -> list[str]:
-    """The installed console script next to this interpreter, or ``python -m``.
+def consumer() -> Path:
+    """The containerd-like consumer (``consumer.c``: 32 KiB reads, OpenSSL SHA-256, a file),
+    compiled with gcc against libcrypto into ``WORK`` when missing or older than its source."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    binary = WORK / "consumer"
+    if not binary.exists() or binary.stat().st_mtime < CONSUMER_SOURCE.stat().st_mtime:
+        cc = shutil.which("gcc") or shutil.which("cc")
+        if cc is None:
+            raise SystemExit("the benchmarks need gcc to build their consumer (consumer.c)")
+        tmp = binary.with_suffix(".tmp")
+        subprocess.run([cc, "-O2", "-o", str(tmp), str(CONSUMER_SOURCE), "-lcrypto"], check=True)
+        tmp.rename(binary)
+    return binary
 
-    The package is byte-compiled first, as ``pip install`` does: the editable
-    install of ``make install`` does not, and with PYTHONDONTWRITEBYTECODE set
-    every start would compile the changed modules again (a few ms each).
+
+def feeder(path: Path) -> list[str]:
+    """containerd's side of stdin: the blob written into the pipe 32 KiB at a time."""
+    return ["dd", f"if={path}", f"bs={FEED_BLOCK}", "status=none"]
+
+
+def registered_processor() -> tuple[list[str], dict[str, str]]:
+    """The processor exactly as a generated containerd config starts it: ``path`` +
+    ``args``, with ``env`` added to the environment.
+
+    Runs ``config`` as a user of the README would (the installed script, else
+    ``python -m stream_processor``) and reads the entry it prints. The package
+    is byte-compiled first, as ``pip install`` leaves it: the editable install
+    of ``make install`` does not, and with PYTHONDONTWRITEBYTECODE set every
+    start would compile the changed modules again (a few ms each).
     """
     import compileall
+    import tomllib
 
     compileall.compile_dir(str(ROOT / "stream_processor"), quiet=1)
     script = Path(sys.executable).parent / "erofs-stream-processor"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "stream_processor"]
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "stream_processor"]
+    text = subprocess.run(
+        [*cli, "config", "--containerd-version", "2.3"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    entry = next(iter(tomllib.loads(text)["stream_processors"].values()))
+    env = dict(item.split("=", 1) for item in entry.get("env", []))
+    return [entry["path"], *entry.get("args", [])], env
+
+
+def processor_cmd() -> list[str]:
+    """The registered command line (see ``registered_processor``), for benchmarks that
+    add their own environment; PYTHONPATH from the registration is kept in ``os.environ``."""
+    cmd, env = registered_processor()
+    if "PYTHONPATH" in env:
+        os.environ["PYTHONPATH"] = env["PYTHONPATH"]
+    return cmd
 
 
 def bench_image() -> Path:
@@ -84,24 +117,48 @@ def cached(path: Path, make: Sequence[str], source: Path) -> Path:
 
 
 def pipeline_seconds(
-    producer: Sequence[str], stdin: Path, env: dict[str, str] | None = None
+    producer: Sequence[str] | None,
+    stdin: Path,
+    env: dict[str, str] | None = None,
+    expect: str | None = None,
 ) -> float:
-    """Wall time of ``producer < stdin | consumer`` (the consumer writes to WORK)."""
+    """Wall time of ``dd bs=32k < stdin | producer | consumer`` (the consumer writes to
+    WORK); with ``producer=None`` the feeder writes straight into the consumer (the
+    floor). ``expect``: the SHA-256 the consumer must have seen."""
     out = WORK / "consumer.out"
     full_env = dict(os.environ, **(env or {}))
     started = time.perf_counter()
-    with stdin.open("rb") as src:
-        prod = subprocess.Popen(list(producer), stdin=src, stdout=subprocess.PIPE, env=full_env)
-        assert prod.stdout is not None
-        cons = subprocess.run(
-            [sys.executable, "-c", CONSUMER, str(out)], stdin=prod.stdout, capture_output=True
+    feed = subprocess.Popen(feeder(stdin), stdout=subprocess.PIPE)
+    assert feed.stdout is not None
+    stages = [feed]
+    upstream = feed.stdout
+    if producer is not None:
+        prod = subprocess.Popen(
+            list(producer), stdin=upstream, stdout=subprocess.PIPE, env=full_env
         )
-        prod.stdout.close()
-        code = prod.wait()
+        upstream.close()
+        assert prod.stdout is not None
+        stages.append(prod)
+        upstream = prod.stdout
+    cons = subprocess.run([str(consumer()), str(out)], stdin=upstream, capture_output=True)
+    upstream.close()
+    codes = [stage.wait() for stage in stages]
     elapsed = time.perf_counter() - started
-    if code != 0 or cons.returncode != 0:
-        raise SystemExit(f"pipeline {producer} failed: {code} {cons.stderr.decode()}")
+    if any(codes) or cons.returncode != 0:
+        raise SystemExit(f"pipeline {producer} failed: {codes} {cons.stderr.decode()}")
+    if expect is not None and cons.stdout.decode().strip() != expect:
+        raise SystemExit(f"pipeline {producer} produced the wrong bytes")
     return elapsed
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def to_devnull_seconds(cmd: Sequence[str], stdin: Path, env: dict[str, str] | None = None) -> float:

@@ -8,12 +8,11 @@ once per layer and start-up time is paid on every pull.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Any
 
 from stream_processor import PROG, __version__
 from stream_processor.errors import (
@@ -26,6 +25,22 @@ from stream_processor.errors import (
     Terminated,
 )
 
+if TYPE_CHECKING:  # argparse and typing.Protocol cost ~5 ms: never on a layer's start-up
+    import argparse
+    from typing import Protocol
+
+    class Command(Protocol):
+        """What every ``stream_processor.commands`` module provides.
+
+        A module may also offer ``parse_fast(argv) -> args | None`` to skip
+        building an argparse parser for its usual command lines (decode does).
+        """
+
+        def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+        def run(self, args: Any) -> int: ...
+
+
 COMMANDS: dict[str, str] = {
     "decode": "stream_processor.commands.decode",
     "pack": "stream_processor.commands.pack",
@@ -36,6 +51,7 @@ COMMANDS: dict[str, str] = {
 
 SUMMARY = f"""usage: {PROG} [decode] [options] < layer > image
        {PROG} COMMAND [options]
+       {PROG} help [COMMAND]
 
 With no command (or 'decode') this is the containerd stream processor: a
 compressed EROFS layer on stdin, the validated raw EROFS image on stdout.
@@ -47,33 +63,53 @@ commands:
   config    print or check the containerd configuration
   convert   convert an OCI image's tar layers into EROFS layers
 
-'{PROG} COMMAND --help' describes each command.
+'{PROG} COMMAND --help' (or '{PROG} help COMMAND') describes each command.
 """
 
 
-class _Formatter(argparse.HelpFormatter):
-    """A fixed width: argparse would otherwise import ``shutil`` and ask the
-    terminal its size for every ``add_argument``, on every layer's start-up."""
+class UnknownCommand(Exception):
+    """The first argument is neither an option nor a command."""
 
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=100)
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"unknown command {name!r}; commands: {', '.join(COMMANDS)} (see '{PROG} --help')"
+        )
 
 
-class Command(Protocol):
-    """What every ``stream_processor.commands`` module provides.
+def _parser(name: str) -> argparse.ArgumentParser:
+    """An argparse parser whose usage errors are one line on stderr (exit 2)."""
+    import argparse
 
-    A module may also offer ``parse_fast(argv) -> Namespace | None`` to skip
-    building an argparse parser for its usual command lines (decode does).
-    """
+    class _Formatter(argparse.HelpFormatter):
+        """A fixed width: argparse would otherwise ask the terminal its size."""
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+        def __init__(self, prog: str) -> None:
+            super().__init__(prog, width=100)
 
-    def run(self, args: argparse.Namespace) -> int: ...
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:  # argparse prints usage + error: two lines
+            _error(f"{message} (see '{self.prog} --help')")
+            raise SystemExit(EXIT_USAGE)
+
+    prog = f"{PROG} {name}" if name != "decode" else PROG
+    return _Parser(prog=prog, formatter_class=_Formatter)
 
 
 def _split(argv: Sequence[str]) -> tuple[str, list[str]]:
-    if argv and argv[0] in COMMANDS:
-        return argv[0], list(argv[1:])
+    """(command, its arguments). No command means decode, so ``PROG < layer`` and
+    ``PROG --media-type X`` are the stream processor; a first argument that is
+    not an option must then be a command (or ``help [COMMAND]``)."""
+    if not argv:
+        return "decode", []
+    first = argv[0]
+    if first in COMMANDS:
+        return first, list(argv[1:])
+    if first == "help" and len(argv) > 1:
+        if argv[1] not in COMMANDS:
+            raise UnknownCommand(argv[1])
+        return argv[1], ["--help"]
+    if not first.startswith("-"):
+        raise UnknownCommand(first)
     return "decode", list(argv)
 
 
@@ -88,24 +124,26 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    if args_in[:1] in (["-h"], ["--help"], ["help"]):
+    if args_in in (["-h"], ["--help"], ["help"]):
         sys.stdout.write(SUMMARY)
         return 0
-    if args_in[:1] == ["--version"]:
+    if args_in == ["--version"]:
         sys.stdout.write(f"{PROG} {__version__}\n")
         return 0
-    name, rest = _split(args_in)
+    try:
+        name, rest = _split(args_in)
+    except UnknownCommand as exc:
+        _error(str(exc))
+        return EXIT_USAGE
     command: Command = importlib.import_module(COMMANDS[name])
     parse_fast = getattr(command, "parse_fast", None)
     args = parse_fast(rest) if parse_fast is not None else None
     if args is None:
-        parser = argparse.ArgumentParser(
-            prog=f"{PROG} {name}" if name != "decode" else PROG, formatter_class=_Formatter
-        )
+        parser = _parser(name)
         command.add_arguments(parser)
         try:
             args = parser.parse_args(rest)
-        except SystemExit as exc:  # argparse already printed its one-line usage error
+        except SystemExit as exc:  # help (0) or a usage error already reported in one line
             return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return command.run(args)

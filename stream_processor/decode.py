@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from stream_processor import compression as codecs
 from stream_processor import mediatypes
-from stream_processor.errors import DataError
+from stream_processor.errors import DataError, ReaderGone, Terminated
 from stream_processor.mediatypes import Compression, Payload
 from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
@@ -22,6 +22,12 @@ from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
 
 if TYPE_CHECKING:
     from stream_processor.seekable import ChunkTableVerifier
+
+# With ``tune_malloc``, glibc's allocator is tuned (``parallel_zstd.tune_malloc``) once
+# this much output has gone by: every ~1 MiB output chunk was otherwise faulted in afresh
+# (measured: about half the page faults and 5-8 % less CPU for a 563 MB layer fed and
+# drained as containerd does), while a small layer never pays for importing ctypes.
+TUNE_MALLOC_AFTER = 8 << 20
 
 # Plain classes, not dataclasses, on the decode path: importing ``dataclasses``
 # (and the ``inspect`` it pulls in) costs ~7 ms of every layer's start-up.
@@ -37,25 +43,45 @@ class DecodeOptions:
         max_window_size: int = DEFAULT_MAX_WINDOW,
         threads: int = 1,  # > 1: independent zstd frames decode on this many threads
         verify_dm_verity: bool = False,  # recompute a dm-verity frame's tree (spools the image)
+        verify_frame_hashes: bool = False,  # check a chunk table's per-frame SHA-512s
+        tune_malloc: bool = False,  # one layer per process (the CLI): see TUNE_MALLOC_AFTER
     ) -> None:
         self.media_type = media_type
         self.max_output_bytes = max_output_bytes
         self.max_window_size = max_window_size
         self.threads = threads
         self.verify_dm_verity = verify_dm_verity
+        self.verify_frame_hashes = verify_frame_hashes
+        self.tune_malloc = tune_malloc
 
 
 class DecodeResult:
-    """What was decoded; the log record is made from this."""
+    """What was decoded; the log record is made from this.
+
+    ``bytes_in`` and ``bytes_out`` are read live from the source and the sink,
+    so a record written after a failure or SIGTERM says what was actually
+    read from stdin and what actually reached stdout (not what was decoded
+    and held back).
+    """
 
     def __init__(self, media_type: str | None) -> None:
         self.media_type = media_type
         self.compression: Compression | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.source: Source | None = None
+        self.sink: HoldbackSink | None = None
         self.verdict: Verdict | None = None
         self.zstd = ZstdStats()
         self.notes: list[str] = []
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from the input descriptor."""
+        return self.source.bytes_read if self.source is not None else 0
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes written to the output descriptor."""
+        return self.sink.written if self.sink is not None else 0
 
 
 def _check_compression(route: mediatypes.Route, found: Compression, head: bytes) -> Compression:
@@ -79,7 +105,7 @@ def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterat
         from stream_processor.dmverity import ImageSpool
 
         spool = ImageSpool()
-    observer = ChunkTableVerifier(result.notes, spool)
+    observer = ChunkTableVerifier(result.notes, spool, hash_frames=options.verify_frame_hashes)
     chunks = _zstd_chunks(src, result, options, observer)
     return spool.tee(chunks) if spool is not None else chunks
 
@@ -113,25 +139,38 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     still sees how far the decode got.
     """
     route = mediatypes.resolve(options.media_type)
-    src = Source(in_fd)
+    # Both pipes to 1 MiB: containerd writes stdin 32 KiB at a time from a goroutine and
+    # reads stdout 32 KiB at a time (docs/stream-processor-contract.md); with 64 KiB pipes
+    # every read here took at most 64 KiB and woke the writer (a third fewer context
+    # switches per layer with the wider pipe, measured with the benchmarks' harness).
+    widen_pipe(in_fd)
+    src = result.source = Source(in_fd)
     head = bytes(src.peek(4096))
     if not head:
         raise DataError("input is empty")
     result.compression = _check_compression(route, codecs.detect(head), head)
     widen_pipe(out_fd)
-    sink = HoldbackSink(out_fd, background=True)
+    sink = result.sink = HoldbackSink(out_fd, background=True)
     payload = route.payload
     if route.compression is None and result.compression is Compression.NONE:
         payload = Payload.EROFS
     gate = ImageGate(sink, payload, options.max_output_bytes)
+    tune_at = TUNE_MALLOC_AFTER if options.tune_malloc else -1
     try:
         for chunk in _chunks(src, result, options):
             gate.feed(chunk)
-        verdict = gate.finish()
-    finally:
-        result.bytes_in = src.position
-        result.bytes_out = gate.size
-    result.verdict = verdict
+            if 0 <= tune_at < gate.size:
+                from stream_processor.parallel_zstd import tune_malloc
+
+                tune_malloc()
+                tune_at = -1
+        verdict = result.verdict = gate.finish()
+    except (Terminated, ReaderGone):
+        sink.abort(timeout=0)  # stop now: containerd is gone or wants us gone
+        raise
+    except BaseException:
+        sink.abort()  # nothing more reaches stdout; bytes_out is then what did
+        raise
     if verdict.kind is Kind.EROFS and verdict.extra_bytes:
         result.notes.append(f"{verdict.extra_bytes} bytes follow the EROFS image")
     sink.release()

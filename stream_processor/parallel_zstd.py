@@ -26,7 +26,6 @@ mismatch is raised before the caller releases its held-back output.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections import deque
@@ -79,7 +78,9 @@ def tune_malloc() -> None:
     system time per 500 MB, a quarter of the decode. One arena, no mmap for
     chunk-sized blocks and a trim threshold above the working set make the
     buffers recycle; measured peak RSS went down, not up. Process-wide, so
-    done once, only when a pool starts; silently skipped off glibc. Meant for
+    done once: when a pool starts, or when a CLI decode has produced
+    ``decode.TUNE_MALLOC_AFTER`` bytes (the streaming path's ~1 MiB chunks are
+    re-faulted the same way); silently skipped off glibc. Meant for
     the CLI, which decodes one layer per process: a long-lived process that
     decodes thousands of blobs (a fuzzer) trades the faults for heap
     fragmentation and should set ``_malloc_tuned = True`` first to skip it.
@@ -135,7 +136,11 @@ class _Worker:
             dctx = self._local.dctx = zstandard.ZstdDecompressor(
                 max_window_size=self._max_window_size
             )
-        digest = hashlib.new(job.algorithm, job.data).digest() if job.algorithm else None
+        digest = None
+        if job.algorithm:
+            import hashlib
+
+            digest = hashlib.new(job.algorithm, job.data).digest()
         try:
             out = dctx.decompress(job.data, max_output_size=job.content_size)
         except zstandard.ZstdError as exc:

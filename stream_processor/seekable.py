@@ -22,7 +22,6 @@ flat arrays, and the number of frames tracked is capped.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from array import array
 from collections.abc import Callable
@@ -132,6 +131,8 @@ class ChunkTable:
 def table_digest(payload: bytes) -> str:
     """The ``chunk_digest`` annotation: ``sha512:<hex>`` over the table payload, the only
     form containerd's reader accepts (docs/seekable.md)."""
+    import hashlib
+
     return "sha512:" + hashlib.sha512(payload).hexdigest()
 
 
@@ -199,6 +200,8 @@ def check_table_digest(payload: bytes, annotation: str) -> str:
         raise DataError(
             f"chunk_digest annotation {annotation!r} is neither sha512:<hex> nor sha256:<hex>"
         )
+    import hashlib
+
     if hashlib.new(algo, payload).hexdigest() != hexdigest.lower():
         raise DataError(f"chunk_digest annotation ({algo}) does not match the chunk table")
     return algo
@@ -342,15 +345,26 @@ class ChunkTableVerifier:
     digests are not kept; they are chained into one SHA-256 (compared with
     the same over the table's digests), and an 8-byte fingerprint of each is
     kept to name the chunk that differs.
+
+    With ``hash_frames=False`` (the decoder's default, README "Verification")
+    no frame is hashed and the table's digests are not compared; every
+    structural check (count, offsets, sizes, header) stays. ``hashlib`` is
+    imported only when a frame is hashed.
     """
 
-    def __init__(self, notes: list[str] | None = None, spool: ImageSpool | None = None) -> None:
+    def __init__(
+        self,
+        notes: list[str] | None = None,
+        spool: ImageSpool | None = None,
+        hash_frames: bool = True,
+    ) -> None:
         self.offsets = array("Q")
         self.ends = array("q")
         self.sizes = array("q")
         self.fingerprints = array("Q")
         self.hashed = bytearray()
-        self._chain = hashlib.sha256()
+        self.hash_frames = hash_frames
+        self._chain: Any = None  # a hashlib SHA-256, made with the first digest
         self.overflow = False
         self.table: ChunkTable | None = None
         self.table_offset: int | None = None
@@ -380,7 +394,7 @@ class ChunkTableVerifier:
 
     # -- FrameObserver -------------------------------------------------------------
     def digest_algorithm(self, content_size: int | None) -> str | None:
-        if content_size is None or content_size > MAX_CHUNK_SIZE:
+        if not self.hash_frames or content_size is None or content_size > MAX_CHUNK_SIZE:
             return None
         return "sha512"
 
@@ -396,6 +410,10 @@ class ChunkTableVerifier:
 
     def frame_digest(self, index: int, digest: bytes) -> None:
         if index < self.frame_count:
+            if self._chain is None:
+                import hashlib
+
+                self._chain = hashlib.sha256()
             self._chain.update(digest)
             self.fingerprints[index] = _fingerprint(digest)
             self.hashed[index] = 1
@@ -492,7 +510,11 @@ class ChunkTableVerifier:
                 f"chunk table: chunk {i} (frame at offset {self.offsets[i]}): decompresses to "
                 f"{self.sizes[i]} bytes, the table says {table.uncompressed_sizes[i]}"
             )
-        if table.digest_size:
+        if table.digest_size and not self.hash_frames:
+            self.notes.append(
+                "the chunk table's SHA-512s were not checked (--verify-frame-hashes checks them)"
+            )
+        elif table.digest_size:
             if 0 in self.hashed:
                 i = self.hashed.index(0)
                 raise DataError(
@@ -500,7 +522,7 @@ class ChunkTableVerifier:
                     "does not declare a content size of at most the largest chunk, so it is "
                     "not a chunk"
                 )
-            if self._chain.digest() != _chain(table):
+            if self._chain is None or self._chain.digest() != _chain(table):
                 i = _first_digest_difference(self.fingerprints, table)
                 where = f"chunk {i} (frame at offset {self.offsets[i]})" if i >= 0 else "a chunk"
                 raise DataError(
@@ -523,11 +545,15 @@ def _first_difference(a: array[int], b: array[int]) -> int:
 
 def _chain(table: ChunkTable) -> bytes:
     """SHA-256 over the table's digests in order: what the verifier chains while streaming."""
+    import hashlib
+
     return hashlib.sha256(table.digests).digest()
 
 
 def _fingerprint(digest: bytes) -> int:
     """8 bytes that change whenever any byte of ``digest`` does: names the chunk that differs."""
+    import hashlib
+
     return int.from_bytes(hashlib.blake2b(digest, digest_size=8).digest(), "little")
 
 

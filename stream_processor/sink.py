@@ -44,6 +44,7 @@ class _BackgroundWriter:
         self._write = write
         self._queue: Queue[Batch | None] = Queue(WRITER_DEPTH)
         self.error: BaseException | None = None
+        self._dropping = False  # set by abort: batches still queued are not written
         self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
         self._thread.start()
 
@@ -52,7 +53,7 @@ class _BackgroundWriter:
             batch = self._queue.get()
             if batch is None:
                 return
-            if self.error is None:  # after an error, keep taking batches so submit never blocks
+            if self.error is None and not self._dropping:  # else keep taking: submit never blocks
                 try:
                     self._write(batch)
                 except BaseException as exc:
@@ -67,6 +68,20 @@ class _BackgroundWriter:
         self._queue.put(None)
         self._thread.join()
         self._check()
+
+    def abort(self, timeout: float) -> None:
+        """Drop the batches not yet written; wait up to ``timeout`` for the one being written.
+
+        After a failure nothing more should reach stdout, and the log record
+        must count what did: waiting lets the write in progress finish (a
+        reader that has stopped reading is not waited for beyond ``timeout``).
+        """
+        self._dropping = True
+        with self._queue.mutex:
+            self._queue.queue.clear()
+            self._queue.not_full.notify_all()
+        self._queue.put_nowait(None)
+        self._thread.join(timeout)
 
     def _check(self) -> None:
         if self.error is not None:
@@ -105,6 +120,13 @@ class HoldbackSink:
         self._drain(0)
         if self._writer is not None:
             self._writer.close()
+
+    def abort(self, timeout: float = 1.0) -> None:
+        """The decode failed: write nothing more (see ``_BackgroundWriter.abort``)."""
+        self._queue.clear()
+        self._queued = 0
+        if self._writer is not None:
+            self._writer.abort(timeout)
 
     def _drain(self, keep: int) -> None:
         queue = self._queue

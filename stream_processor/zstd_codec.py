@@ -17,7 +17,6 @@ format allows. Content checksums are verified by libzstd itself.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
@@ -342,6 +341,8 @@ def decode_frame(
         observer.frame_start(index, offset, content_size)
         algorithm = observer.digest_algorithm(content_size)
         if algorithm is not None:
+            import hashlib  # only when a frame is hashed: loading OpenSSL costs every layer ~3 ms
+
             hasher = hashlib.new(algorithm)
     dobj = dctx.decompressobj()
     produced = 0

@@ -730,7 +730,9 @@ def decode_in_process(
     """Run the product's ``decode`` on memfds (fast, for fuzzing): (ok, output, message).
 
     Only ``DataError`` counts as a clean rejection; anything else propagates
-    so the fuzzer reports it as a crash.
+    so the fuzzer reports it as a crash. Frame hashes are verified (the
+    strictest mode, ``--verify-frame-hashes``), so ``table_violation`` holds;
+    the CLI runs fuzz the default mode, held to every other rule.
     """
     from stream_processor.decode import DecodeOptions, DecodeResult, decode
     from stream_processor.errors import DataError
@@ -743,7 +745,7 @@ def decode_in_process(
             view = view[os.write(in_fd, view) :]
         os.lseek(in_fd, 0, os.SEEK_SET)
         try:
-            options = DecodeOptions(media_type, limit, threads=threads)
+            options = DecodeOptions(media_type, limit, threads=threads, verify_frame_hashes=True)
             decode(in_fd, out_fd, options, DecodeResult(media_type))
         except DataError as exc:
             return False, b"", exc.message

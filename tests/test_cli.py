@@ -210,3 +210,204 @@ def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
     assert code == 128 + signal.SIGPIPE
     assert proc.stderr.read() == b""
+
+
+# -- issue 13: unknown commands, help COMMAND, log levels, honest byte counts ----------
+
+
+def test_mistyped_command_is_one_usage_line(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.erofs"
+    raw.write_bytes(b"x" * 4096)
+    proc = run_cli(["packk", str(raw)])
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        "erofs-stream-processor: unknown command 'packk'; commands: decode, pack, inspect, "
+        "config, convert (see 'erofs-stream-processor --help')"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw.erofs"]
+    unknown_help = run_cli(["help", "packk"])
+    assert unknown_help.returncode == 2 and b"unknown command 'packk'" in unknown_help.stderr
+
+
+def test_help_command_is_command_help() -> None:
+    assert run_cli(["help", "pack"]).stdout == run_cli(["pack", "--help"]).stdout
+    assert run_cli(["help", "pack"]).stdout.startswith(b"usage: erofs-stream-processor pack")
+    assert run_cli(["help"]).stdout == run_cli(["--help"]).stdout
+
+
+def test_no_command_is_still_the_decoder(erofs_bytes: bytes) -> None:
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    assert run_cli([], stdin=blob).stdout == erofs_bytes
+    proc = run_cli(["--media-type", mt.EROFS_LAYER_ZSTD], stdin=blob)
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes
+
+
+def test_usage_errors_are_one_line() -> None:
+    proc = run_cli(["--threads", "0"])
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        "erofs-stream-processor: argument --threads: thread count must be at least 1: '0' "
+        "(see 'erofs-stream-processor --help')"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (
+            ["--log-level", "debug"],
+            {},
+            "erofs-stream-processor: argument --log-level: invalid choice: 'debug' "
+            "(choose from 'warning', 'info') (see 'erofs-stream-processor --help')",
+        ),
+        (
+            [],
+            {"EROFS_SP_LOG_LEVEL": "error"},
+            "erofs-stream-processor: unknown log level 'error'; use warning or info",
+        ),
+    ],
+)
+def test_only_documented_log_levels(
+    args: list[str], env: dict[str, str], line: str, erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    log = tmp_path / "sp.log"
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    proc = run_cli([*args, "--log-file", str(log)], stdin=blob, env=env)
+    assert proc.returncode == 2 and proc.stdout == b"" and not log.exists()
+    assert proc.stderr.decode().splitlines() == [line]
+    helptext = run_cli(["--help"]).stdout.decode() + run_cli(["decode", "--help"]).stdout.decode()
+    assert "debug" not in helptext and "{warning,info}" in helptext
+
+
+def test_failure_record_counts_what_reached_stdout(erofs_bytes: bytes, tmp_path: Path) -> None:
+    """A corrupt end: part of the image went out before the damage was found; the record's
+    ``bytes_out`` is what stdout got, ``bytes_in`` what was read."""
+    image = erofs_bytes * 8  # > the held-back tail plus a batch, so some output is written
+    blob = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(image))
+    blob[-2] ^= 0xFF  # the content checksum
+    log = tmp_path / "sp.log"
+    proc = run_cli(["--log-file", str(log), "--threads", "1"], stdin=bytes(blob))
+    assert proc.returncode == 65 and len(proc.stderr.splitlines()) == 1
+    assert len(proc.stdout) < len(image)  # how much got out before the abort varies
+    record = json.loads(log.read_text())
+    assert record["event"] == "decode_failed"
+    assert record["bytes_out"] == len(proc.stdout)
+    assert record["bytes_in"] == len(blob)
+
+
+def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
+    fed = blob[: 100 * 1024]
+    log = tmp_path / "sp.log"
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env["EROFS_SP_LOG_FILE"] = str(log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", "--threads", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(fed)
+    proc.stdin.flush()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # until the processor has read all of it
+        time.sleep(0.1)
+        io = Path(f"/proc/{proc.pid}/io").read_text()
+        rchar = int(io.split("rchar:")[1].split()[0])
+        if rchar >= len(fed):
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 143 and out == b""
+    record = json.loads(log.read_text())
+    assert record["event"] == "terminated" and record["bytes_out"] == 0
+    assert record["bytes_in"] == len(fed)
+
+
+def test_records_keep_their_fields_without_structlog(erofs_bytes: bytes, tmp_path: Path) -> None:
+    """The records structlog used to write: the same keys and formats, one line each."""
+    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
+    log = tmp_path / "sp.log"
+    for fmt in ("json", "logfmt"):
+        args = ["--log-file", str(log), "--log-level", "info", "--log-format", fmt]
+        assert run_cli(args, stdin=blob).returncode == 0
+    json_line, logfmt_line = log.read_text().splitlines()
+    record = json.loads(json_line)
+    assert list(record)[:3] == ["timestamp", "level", "event"]
+    assert record["level"] == "info" and record["event"] == "decoded"
+    assert record["timestamp"].endswith("Z") and record["reason"] is None
+    for key in ("media_type", "compression", "bytes_in", "bytes_out", "duration_s", "pid"):
+        assert key in record
+    assert record["bytes_out"] == len(erofs_bytes) and record["bytes_in"] == len(blob)
+    assert logfmt_line.startswith("timestamp=") and " level=info event=decoded reason= " in (
+        logfmt_line
+    )
+
+
+def test_log_record_rendering() -> None:
+    from stream_processor import log
+
+    fields: dict[str, object] = {
+        "reason": 'bad "x" = y\nz',
+        "n": 3,
+        "f": 0.5,
+        "none": None,
+        "notes": ["a", 'b"'],
+        "ok": True,
+    }
+    line = log.render("json", "error", "decode_failed", fields, 0.25)
+    assert json.loads(line) == {
+        "timestamp": "1970-01-01T00:00:00.250000Z",
+        "level": "error",
+        "event": "decode_failed",
+        **fields,
+    }
+    assert log.render("logfmt", "info", "e", {"reason": 'a "b"', "x": None}, 0.0) == (
+        'timestamp=1970-01-01T00:00:00.000000Z level=info event=e reason="a \\"b\\"" x='
+    )
+
+
+def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> None:
+    """What every layer's start-up must not pay for (issue 12): argparse, the log module
+    without a record to write, hashlib without a frame to hash, structlog, a thread pool."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "hello").write_text("hello\n")
+    blob = zstandard.ZstdCompressor().compress(mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
+    env["EROFS_SP_LOG_FILE"] = str(tmp_path / "sp.log")  # as every generated config sets it
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stream_processor"],
+        input=blob,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
+    assert "stream_processor.decode" in imported
+    assert not (tmp_path / "sp.log").exists()
+    for name in (
+        "argparse",
+        "stream_processor.log",
+        "hashlib",
+        "_hashlib",
+        "structlog",
+        "concurrent.futures",
+        "json",
+    ):
+        assert name not in imported, name
+
+
+def test_log_constants_match() -> None:
+    from stream_processor import log
+
+    assert decode_command.ENV_LOG_FILE == log.ENV_FILE
+    assert decode_command.ENV_LOG_FORMAT == log.ENV_FORMAT
+    assert decode_command.ENV_LOG_LEVEL == log.ENV_LEVEL
+    assert decode_command.LOG_FORMATS == log.FORMATS
+    assert decode_command.LOG_LEVELS == log.CHOICES

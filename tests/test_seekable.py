@@ -105,15 +105,22 @@ def table_for(frames: list[bytes], size: int, chunk: int = CHUNK) -> bytes:
     return seekable.build_table(size, chunk, offsets, digests)
 
 
-def decode_lib(blob: bytes, threads: int = 1) -> tuple[bytes, DecodeResult, DataError | None]:
-    """Run the real decode path on files; return stdout bytes, the result, the error."""
+def decode_lib(
+    blob: bytes, threads: int = 1, verify: bool = True
+) -> tuple[bytes, DecodeResult, DataError | None]:
+    """Run the real decode path on files; return stdout bytes, the result, the error.
+
+    ``verify`` is ``--verify-frame-hashes``: on here, since most tests below are
+    about the table's hashes; the default (off) has its own tests.
+    """
     with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout:
         fin.write(blob)
         fin.seek(0)
         result = DecodeResult(None)
         error = None
         try:
-            decode(fin.fileno(), fout.fileno(), DecodeOptions(threads=threads), result)
+            options = DecodeOptions(threads=threads, verify_frame_hashes=verify)
+            decode(fin.fileno(), fout.fileno(), options, result)
         except DataError as exc:
             error = exc
         fout.seek(0)
@@ -222,6 +229,67 @@ def test_chunk_replaced_by_other_valid_frame_fails_its_hash(
     assert error is None and out == erofs_bytes
 
 
+def _stale_hash_blob(packed: tuple[bytes, PackResult], erofs_bytes: bytes) -> tuple[bytes, bytes]:
+    """The packed blob with one bit of the table's SHA-512 of chunk 5 flipped (and the
+    original table): every byte of image it decodes to is still exact."""
+    parts = split(packed[0])
+    table = bytearray(parts.table)
+    table[23 + 5 * 72 + 8 + 10] ^= 1
+    return assemble(parts.frames, bytes(table)), parts.table
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_frame_hashes_are_checked_only_when_asked(
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, threads: str, tmp_path: Path
+) -> None:
+    """By default the decoder leaves the table's SHA-512s alone (containerd has already
+    checked the blob's digest, and checks the image's): the exact image, a note in the
+    log. ``--verify-frame-hashes`` or its environment variable refuse the stale hash."""
+    blob, _ = _stale_hash_blob(packed, erofs_bytes)
+    log = tmp_path / "sp.log"
+    proc = run_cli(
+        ["--threads", threads, "--log-file", str(log), "--log-level", "info"], stdin=blob
+    )
+    assert proc.returncode == 0 and proc.stdout == erofs_bytes and proc.stderr == b""
+    record = json.loads(log.read_text())
+    assert any("SHA-512s were not checked" in note for note in record["notes"])
+    for args, env in (
+        (["--verify-frame-hashes"], {}),
+        ([], {"EROFS_SP_VERIFY_FRAME_HASHES": "1"}),
+    ):
+        proc = run_cli(["--threads", threads, *args], stdin=blob, env=env)
+        assert proc.returncode == 65, proc.stderr
+        lines = proc.stderr.decode().splitlines()
+        assert len(lines) == 1 and "chunk 5" in lines[0] and "SHA-512" in lines[0]
+        assert len(proc.stdout) < len(erofs_bytes)
+
+
+def test_frame_hash_switch_in_the_environment_must_be_a_switch(
+    packed: tuple[bytes, PackResult],
+) -> None:
+    proc = run_cli(stdin=packed[0], env={"EROFS_SP_VERIFY_FRAME_HASHES": "maybe"})
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        "erofs-stream-processor: EROFS_SP_VERIFY_FRAME_HASHES='maybe' is not a switch; use 1 or 0"
+    ]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_table_sizes_are_checked_without_frame_hashes(
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, threads: int
+) -> None:
+    """Hashes off, the table still pins count, offsets (``test_wrong_offset_names_the_chunk``),
+    sizes and header."""
+    parts = split(packed[0])
+    table = bytearray(parts.table)
+    table[8:16] = (len(erofs_bytes) + 4096).to_bytes(8, "little")  # the header's size
+    out, _, error = decode_lib(assemble(parts.frames, bytes(table)), threads, verify=False)
+    assert error is not None and "chunk table" in error.message
+    assert len(out) < len(erofs_bytes)
+    out, _, error = decode_lib(packed[0], threads, verify=False)
+    assert error is None and out == erofs_bytes
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_corrupted_table_hash_names_the_chunk(
     packed: tuple[bytes, PackResult], erofs_bytes: bytes, threads: int
@@ -236,16 +304,17 @@ def test_corrupted_table_hash_names_the_chunk(
     assert len(out) < len(erofs_bytes)
 
 
+@pytest.mark.parametrize("verify", [True, False])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_wrong_offset_names_the_chunk(
-    packed: tuple[bytes, PackResult], erofs_bytes: bytes, threads: int
+    packed: tuple[bytes, PackResult], erofs_bytes: bytes, threads: int, verify: bool
 ) -> None:
     parts = split(packed[0])
     table = bytearray(parts.table)
     entry = 23 + 3 * 72
     offset = int.from_bytes(table[entry : entry + 8], "little")
     table[entry : entry + 8] = (offset + 1).to_bytes(8, "little")
-    _, _, error = decode_lib(assemble(parts.frames, bytes(table)), threads)
+    _, _, error = decode_lib(assemble(parts.frames, bytes(table)), threads, verify)
     assert error is not None
     assert "chunk 3" in error.message and "starts at offset" in error.message
 
@@ -458,7 +527,7 @@ def test_cli_rejects_a_bad_table_with_one_line_and_no_full_image(
 ) -> None:
     parts = split(packed[0])
     table = bytearray(parts.table)
-    table[23 + 72 + 8] ^= 0xFF  # chunk 1's hash
+    table[23 + 72] ^= 0x01  # chunk 1's offset, one byte off (checked with or without hashes)
     blob = assemble(parts.frames, bytes(table))
     for threads in ("1", "2"):
         proc = run_cli(
@@ -531,7 +600,7 @@ def test_shared_tar_zstd_route_verifies_tables_too(
     parts = split(packed[0])
     table = bytearray(parts.table)
     table[23 + 3 * 72 + 8] ^= 1
-    bad = run_cli(route, assemble(parts.frames, bytes(table)))
+    bad = run_cli([*route, "--verify-frame-hashes"], assemble(parts.frames, bytes(table)))
     assert bad.returncode == 65 and b"chunk 3" in bad.stderr
     assert run_cli(route, packed[0]).stdout == erofs_bytes
 

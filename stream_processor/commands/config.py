@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        choices=tuple(log.LEVELS),
+        choices=log.CHOICES,
         help=f"value of {log.ENV_LEVEL} in env (default: unset, i.e. failures only)",
     )
     parser.add_argument(

@@ -1,16 +1,20 @@
-"""``erofs-stream-processor [decode]``: the stream processor containerd runs."""
+"""``erofs-stream-processor [decode]``: the stream processor containerd runs.
+
+Start-up is paid once per layer (docs/stream-processor-contract.md), so this
+module imports neither argparse (only ``add_arguments`` and a bad command
+line need it; the usual one goes through ``parse_fast``) nor ``log`` (only
+when a record will be written).
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from stream_processor import log
 from stream_processor.decode import DecodeOptions, DecodeResult, decode
 from stream_processor.errors import (
     EXIT_OK,
@@ -27,7 +31,27 @@ from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
 
+if TYPE_CHECKING:
+    import argparse
+
+# The same names as in ``log`` (a test checks): here so that a decode that
+# writes no record never imports it.
+ENV_LOG_FILE = "EROFS_SP_LOG_FILE"
+ENV_LOG_FORMAT = "EROFS_SP_LOG_FORMAT"
+ENV_LOG_LEVEL = "EROFS_SP_LOG_LEVEL"
+LOG_FORMATS = ("json", "logfmt")
+LOG_LEVELS = ("warning", "info")
 ENV_VERIFY_DM_VERITY = "EROFS_SP_VERIFY_DM_VERITY"
+ENV_VERIFY_FRAME_HASHES = "EROFS_SP_VERIFY_FRAME_HASHES"
+
+
+def _bad(message: str) -> Exception:
+    """argparse's "bad value" error, importing argparse only on this error path."""
+    import argparse
+
+    return argparse.ArgumentTypeError(message)
+
+
 _SUFFIXES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -41,9 +65,9 @@ def parse_size(text: str) -> int:
     try:
         value = int(raw) * factor
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+        raise _bad(f"not a size: {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+        raise _bad(f"size must be positive: {text!r}")
     return value
 
 
@@ -51,10 +75,20 @@ def _threads(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a thread count: {text!r}") from None
+        raise _bad(f"not a thread count: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"thread count must be at least 1: {text!r}")
+        raise _bad(f"thread count must be at least 1: {text!r}")
     return value
+
+
+def parse_switch(text: str) -> bool:
+    """``1``/``true``/``yes``/``on`` or ``0``/``false``/``no``/``off`` (an environment switch)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise _bad(f"not a switch: {text!r} (use 1 or 0)")
 
 
 class _Option(NamedTuple):
@@ -64,7 +98,7 @@ class _Option(NamedTuple):
     help: str
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
-    boolean: bool = False  # takes no value: present means True
+    switch: bool = False  # a flag without a value: present means True
 
     @property
     def dest(self) -> str:
@@ -92,30 +126,38 @@ OPTIONS = (
         "--threads",
         _threads,
         None,
-        "threads for independent zstd frames (default: CPUs available to this process)",
+        "threads for independent zstd frames (default: 2, or 1 with a single CPU)",
     ),
     _Option(
         "--verify-dm-verity",
-        bool,
+        parse_switch,
         False,
         f"recompute a dm-verity frame's hash tree over the image and refuse a mismatch "
         f"(or ${ENV_VERIFY_DM_VERITY}=1); spools the image to $TMPDIR",
-        boolean=True,
+        switch=True,
     ),
-    _Option("--log-file", str, None, f"append a record per run to this file (or ${log.ENV_FILE})"),
+    _Option(
+        "--verify-frame-hashes",
+        parse_switch,
+        False,
+        "also check each chunk's SHA-512 in a seekable layer's chunk table (off: containerd "
+        f"checks the blob's and the image's SHA-256; or ${ENV_VERIFY_FRAME_HASHES}=1)",
+        switch=True,
+    ),
+    _Option("--log-file", str, None, f"append a record per run to this file (or ${ENV_LOG_FILE})"),
     _Option(
         "--log-format",
         str,
         None,
-        f"json (default) or logfmt (${log.ENV_FORMAT})",
-        choices=log.FORMATS,
+        f"json (default) or logfmt (${ENV_LOG_FORMAT})",
+        choices=LOG_FORMATS,
     ),
     _Option(
         "--log-level",
         str,
         None,
-        f"warning (default: failures only) or info (also successes) (${log.ENV_LEVEL})",
-        choices=tuple(log.LEVELS),
+        f"warning (default: failures only) or info (also successes) (${ENV_LOG_LEVEL})",
+        choices=LOG_LEVELS,
     ),
 )
 
@@ -129,10 +171,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"default": option.default, "help": option.help}
-        if option.boolean:
-            parser.add_argument(option.flag, action="store_true", **kwargs)
-            continue
-        if option.convert is not str:
+        if option.switch:
+            kwargs["action"] = "store_true"
+        elif option.convert is not str:
             kwargs["type"] = option.convert
         if option.choices is not None:
             kwargs["choices"] = option.choices
@@ -141,12 +182,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(option.flag, **kwargs)
 
 
-def parse_fast(argv: list[str]) -> argparse.Namespace | None:
+class ParsedArgs:
+    """What ``parse_fast`` returns: attributes like argparse's ``Namespace`` (and equal to
+    one with the same values), without importing argparse."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+    def __eq__(self, other: object) -> bool:
+        return vars(self) == vars(other) if hasattr(other, "__dict__") else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ParsedArgs({vars(self)!r})"
+
+
+def parse_fast(argv: list[str]) -> ParsedArgs | None:
     """The usual command line without building an argparse parser (~5 ms per layer).
 
     Accepts only ``--option value`` and ``--option=value`` of the options
-    above, each valid; for anything else (help, a typo, a bad value) it
-    returns None and ``cli`` lets argparse parse and report it.
+    above (a switch only bare), each valid; for anything else (help, a typo,
+    a bad value) it returns None and ``cli`` lets argparse parse and report it.
     """
     by_flag = {option.flag: option for option in OPTIONS}
     values = {option.dest: option.default for option in OPTIONS}
@@ -156,7 +213,7 @@ def parse_fast(argv: list[str]) -> argparse.Namespace | None:
         option = by_flag.get(flag)
         if option is None:
             return None
-        if option.boolean:
+        if option.switch:
             if eq:
                 return None
             values[option.dest] = True
@@ -173,10 +230,10 @@ def parse_fast(argv: list[str]) -> argparse.Namespace | None:
             return None
         try:
             values[option.dest] = option.convert(value)
-        except (ValueError, argparse.ArgumentTypeError):
+        except Exception:  # ValueError or argparse's error: argparse will report it
             return None
         i += 1
-    return argparse.Namespace(**values)
+    return ParsedArgs(**values)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -192,17 +249,60 @@ def _standard_fd(fd: int, name: str) -> int:
     return fd
 
 
-def run(args: argparse.Namespace) -> int:
+def default_threads() -> int:
+    """2 when two CPUs are usable, else 1.
+
+    Measured with a containerd-like consumer running (README "Performance"):
+    containerd's side (SHA-256 and the file write) keeps one core busy, so on
+    a 2-core node a third thread only competes with it; more threads than 2
+    gave nothing on the seekable benchmark's 4 MiB chunks.
+    """
+    return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+
+
+class _LogTarget(NamedTuple):
+    """Where and how records go, decided without importing ``log``: the generated
+    containerd config always sets a log file, but a record is written only on failure
+    (or on success at ``info``), so most layers never import it."""
+
+    path: str
+    fmt: str
+    level: str
+
+    def wants(self, level: str) -> bool:
+        return level != "info" or self.level == "info"
+
+
+def _log_target(args: Any) -> _LogTarget | None:
+    """The log file and its format and level, or None without a log file."""
+    fmt = (args.log_format or os.environ.get(ENV_LOG_FORMAT) or "json").lower()
+    level = (args.log_level or os.environ.get(ENV_LOG_LEVEL) or "warning").lower()
+    if fmt not in LOG_FORMATS:
+        raise UsageError(f"unknown log format {fmt!r}; use json or logfmt")
+    if level not in LOG_LEVELS:
+        raise UsageError(f"unknown log level {level!r}; use warning or info")
+    path = args.log_file or os.environ.get(ENV_LOG_FILE) or None
+    return _LogTarget(path, fmt, level) if path is not None else None
+
+
+def _env_switch(given: bool, env: str) -> bool:
+    """A switch on the command line, else from containerd's ``env`` (1/0, true/false...)."""
+    if given:
+        return True
+    value = os.environ.get(env)
+    if value is None:
+        return False
+    try:
+        return parse_switch(value)
+    except Exception:
+        raise UsageError(f"{env}={value!r} is not a switch; use 1 or 0") from None
+
+
+def run(args: Any) -> int:
     started = time.monotonic()
-    config = log.LogConfig.from_options(args.log_file, args.log_format, args.log_level)
-    if config.fmt not in log.FORMATS:
-        raise UsageError(f"unknown log format {config.fmt!r}; use json or logfmt")
+    target = _log_target(args)
     media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
-    threads = args.threads or len(os.sched_getaffinity(0))
-    verify_dm_verity = args.verify_dm_verity or os.environ.get(ENV_VERIFY_DM_VERITY, "") not in (
-        "",
-        "0",
-    )
+    threads = args.threads or default_threads()
     signal.signal(signal.SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     options = DecodeOptions(
@@ -210,19 +310,23 @@ def run(args: argparse.Namespace) -> int:
         args.max_output_bytes,
         args.max_window_size,
         threads=threads,
-        verify_dm_verity=verify_dm_verity,
+        verify_dm_verity=_env_switch(args.verify_dm_verity, ENV_VERIFY_DM_VERITY),
+        verify_frame_hashes=_env_switch(args.verify_frame_hashes, ENV_VERIFY_FRAME_HASHES),
+        tune_malloc=True,  # this process decodes one layer and exits
     )
     result = DecodeResult(media_type)
 
     def record(level: str, event: str, exit_code: int, reason: str | None = None) -> None:
-        if not config.enabled_for(level):
+        if target is None or not target.wants(level):
             return
+        from stream_processor import log
+
         fields: dict[str, object] = {
             "reason": reason,
             "media_type": media_type,
             "compression": result.compression.value if result.compression else None,
-            "bytes_in": result.bytes_in,
-            "bytes_out": result.bytes_out,
+            "bytes_in": result.bytes_in,  # read from stdin
+            "bytes_out": result.bytes_out,  # reached stdout
             "duration_s": round(time.monotonic() - started, 4),
             "exit_code": exit_code,
             "pid": os.getpid(),
@@ -235,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
             fields["fd3_payload_bytes"] = drain.received
         if result.notes:
             fields["notes"] = result.notes
-        log.write_record(config, level, event, **fields)
+        log.write_record(log.LogConfig(*target), level, event, **fields)
 
     try:
         resolve(media_type)  # an unknown media type is a usage error before any input is read
