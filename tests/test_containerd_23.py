@@ -14,10 +14,13 @@ Each image shape ``convert`` can write is pushed with skopeo to a private
 CNCF distribution registry (Debian's ``docker-registry``) and pulled four
 ways: ``ctr images pull`` (the transfer service) and ``ctr images pull
 --local`` (the client's pull), each without ``--platform`` and with
-``--platform 'linux(+erofs)/ARCH'``. ``ctr images pull`` without
-``--platform`` stands for CRI's ``PullImage`` (there is no crictl in Debian
-12): both call the transfer service with ``WithPlatforms(DefaultSpec())`` and
-``WithUnpack(DefaultSpec(), snapshotter)`` (docs/containerd.md). Each pull
+``--platform 'linux(+erofs)/ARCH'``; and once through the kubelet's own call,
+CRI's ``PullImage``, sent over gRPC to the daemon's CRI plugin (Debian 12 has
+no crictl; the request is two protobuf fields, encoded here). ``ctr images
+pull`` without ``--platform`` selects as CRI does, since both call the
+transfer service with ``WithPlatforms(DefaultSpec())`` and
+``WithUnpack(DefaultSpec(), snapshotter)`` (docs/containerd.md), so ``ctr
+run`` after it stands for the pod. Each pull
 records which differ path ran (the daemon's "Applied layer ..." lines), the
 processor's log records, and the digests of the ``layer.erofs`` files it
 left in the erofs snapshotter; the table ``EXPECTED`` is what a 2.3.4 does,
@@ -128,11 +131,23 @@ def snippet_23(wrapper: Path, log_file: Path) -> str:
     )
 
 
-def config_text(base: Path, snippet: str, disable: tuple[str, ...] = ()) -> str:
-    """The generated snippet plus a private root, state and socket, and debug logging."""
+CRI_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+)
+
+
+def config_text(base: Path, snippet: str, disable: tuple[str, ...] = (), cri: bool = False) -> str:
+    """The generated snippet plus a private root, state and socket, and debug logging.
+
+    Without ``cri`` the Kubernetes plugins are off (``ctr`` stands in for the kubelet);
+    with it they serve the CRI API on the daemon's socket, as on a node.
+    """
     q = cc.toml_string
-    disabled = [*DISABLED_PLUGINS, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
-    disabled += disable
+    disabled = [*DISABLED_PLUGINS, *CRI_PLUGINS, *disable]
+    if cri:
+        disabled = [p for p in disabled if p not in CRI_PLUGINS]
     head = [
         f"root = {q(str(base / 'root'))}",
         f"state = {q(str(base / 'state'))}",
@@ -152,13 +167,13 @@ def config_text(base: Path, snippet: str, disable: tuple[str, ...] = ()) -> str:
 
 
 def start_daemon(
-    bin23: Path, base: Path, snippet: str, disable: tuple[str, ...] = ()
+    bin23: Path, base: Path, snippet: str, disable: tuple[str, ...] = (), cri: bool = False
 ) -> tuple[subprocess.Popen[bytes], Daemon23]:
     mkfs = Path(tar_mode_mkfs())  # the erofs differ needs mkfs.erofs --tar for tar layers
     base.mkdir(parents=True, exist_ok=True)
     log_file = base / "processor.log"
     config = base / "config.toml"
-    config.write_text(config_text(base, snippet, disable))
+    config.write_text(config_text(base, snippet, disable, cri))
     runc = shutil.which("runc") or "/usr/sbin/runc"
     path = f"{mkfs.parent}:{bin23}:{Path(runc).parent}:{os.environ['PATH']}"
     d = Daemon23(bin23, base, base / "c.sock", base / "root", log_file, base / "daemon.log")
@@ -518,3 +533,99 @@ def test_node_without_erofs_snapshotter(shapes: dict[str, Shape], tmp_path: Path
         for state in base.glob("*/state"):
             subprocess.run(["umount", "-R", str(state)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the kubelet's own call
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: tag (wire type 2), varint length, bytes."""
+    size = len(payload)
+    varint = bytearray()
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        varint.append(byte | (0x80 if size else 0))
+        if not size:
+            break
+    return bytes([number << 3 | 2]) + bytes(varint) + payload
+
+
+def cri_pull_image(socket: Path, ref: str, timeout: float = 300) -> tuple[int, str]:
+    """The kubelet's ``runtime.v1.ImageService/PullImage`` over the daemon's socket.
+
+    ``PullImageRequest{image: ImageSpec{image: ref}}`` is encoded by hand (two nested
+    fields), so no CRI stubs are needed; the answer is ``(0, image_ref)`` or the gRPC
+    status code and its details.
+    """
+    import grpc
+
+    request = _field(1, _field(1, ref.encode()))
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        call = channel.unary_unary("/runtime.v1.ImageService/PullImage")
+        try:
+            reply: bytes = call(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc.code().value[0], exc.details() or ""
+    assert reply[:1] == b"\x0a", reply  # PullImageResponse.image_ref, field 1
+    return 0, reply[2 : 2 + reply[1]].decode()
+
+
+# What CRI's PullImage does with each shape on a node configured by `config`: it matches
+# and unpacks for platforms.DefaultSpec() (docs/containerd.md), so the default shapes go
+# through the processor, the mixed index is pulled as its tar manifest (mkfs.erofs on the
+# node) and the +erofs-only index is refused.
+CRI_EXPECTED = {
+    "plain": "processor",
+    "bare": "processor",
+    "mixed": "mkfs",
+    "feature": "error: get image config descriptor: no match for platform in manifest",
+}
+
+
+@pytest.fixture
+def cri_daemon() -> Iterator[Daemon23]:
+    """A daemon per pull: CRI has one namespace, and shapes share layers (and so snapshots)."""
+    bin23 = _bin23()
+    pytest.importorskip("grpc", reason="grpcio (the dev extra) makes the CRI call")
+    base = Path(tempfile.mkdtemp(prefix="sp-c23k-"))
+    wrapper = _write_wrapper(base / "bin")
+    proc, d = start_daemon(bin23, base, snippet_23(wrapper, base / "processor.log"), cri=True)
+    try:
+        yield d
+    finally:
+        stop_daemon(proc)
+        subprocess.run(["umount", "-R", str(base / "state")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("shape_name", sorted(SHAPES))
+def test_cri_pull_image(cri_daemon: Daemon23, shapes: dict[str, Shape], shape_name: str) -> None:
+    """The call a kubelet makes, against the CRI plugin of a real 2.3 with our config."""
+    shape = shapes[shape_name]
+    d = cri_daemon
+    log_at = d.daemon_log.stat().st_size
+    records_at = len(d.records())
+    files_before = d.layer_files()
+    code, answer = cri_pull_image(d.socket, shape.ref)
+    with open(d.daemon_log, "rb") as fh:
+        fh.seek(log_at)
+        log = fh.read().decode("utf-8", "replace")
+    new_files = sorted(d.layer_files() - files_before)
+    got = Pull(
+        code,
+        answer,
+        log.count(APPLIED_EROFS),
+        log.count(APPLIED_TAR),
+        d.records()[records_at:],
+        ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in new_files],
+        0.0,
+    )
+    expected = CRI_EXPECTED[shape_name]
+    assert got.outcome(shape).startswith(expected), got
+    if expected == "processor":
+        assert answer.startswith("sha256:"), answer  # the image id CRI hands the kubelet
+        _check_layers(got, shape)
+        listed = d.ctr("k8s.io", "images", "ls", "-q").stdout.split()
+        assert shape.ref in listed, listed
+    if expected == "mkfs":
+        assert got.records == [] and got.tar_applied == len(shape.tar_diff_ids), got
