@@ -411,3 +411,50 @@ def test_log_constants_match() -> None:
     assert decode_command.ENV_LOG_LEVEL == log.ENV_LEVEL
     assert decode_command.LOG_FORMATS == log.FORMATS
     assert decode_command.LOG_LEVELS == log.CHOICES
+
+
+# -- issue 13: under --json a failure is also a JSON object (cli.main, for every command) -----
+
+
+def _json_failure(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """Exit ``code``, one stderr line, and on stdout exactly the object naming it."""
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == code and len(lines) == 1, proc.stderr
+    message = lines[0].removeprefix("erofs-stream-processor: ")
+    assert json.loads(proc.stdout) == {"error": message, "exit_code": code}
+    return message
+
+
+def test_json_failures_of_pack_and_convert(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.erofs"
+    out = tmp_path / "out.blob"
+    proc = run_cli(["pack", "--json", str(missing), "-o", str(out)])
+    assert _json_failure(proc, 2) == f"{missing}: no such file or directory"
+    proc = run_cli(["pack", str(missing), "-o", str(out), "--json", "--compression", "lz4"])
+    assert "--compression" in _json_failure(proc, 2)  # refused while parsing
+    proc = run_cli(["pack", "--json", "-", "-o", str(out)], stdin=b"not an image" * 400)
+    assert _json_failure(proc, 65)
+    proc = run_cli(["convert", "--json", str(tmp_path / "no-layout"), str(tmp_path / "dst")])
+    assert "no-layout" in _json_failure(proc, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    proc = run_cli(["pack", str(missing), "-o", str(out)])  # without --json: the line only
+    assert proc.returncode == 2 and proc.stdout == b"" and len(proc.stderr.splitlines()) == 1
+
+
+def test_json_failure_goes_to_stderr_when_stdout_carries_the_layer() -> None:
+    """``pack -o -`` writes the layer on stdout and its --json summary on stderr: so does
+    a failure's object, after the one line."""
+    proc = run_cli(["pack", "--json", "-", "-o", "-"], stdin=b"not an image" * 400)
+    assert proc.returncode == 65 and proc.stdout == b""
+    line, obj = proc.stderr.decode().splitlines()
+    assert line.startswith("erofs-stream-processor: ")
+    assert json.loads(obj) == {
+        "error": line.removeprefix("erofs-stream-processor: "),
+        "exit_code": 65,
+    }
+
+
+def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
+    proc = run_cli(["decode", "--json"], stdin=erofs_bytes)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert len(proc.stderr.splitlines()) == 1 and b"--json" in proc.stderr
