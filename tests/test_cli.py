@@ -295,6 +295,18 @@ def test_failure_record_counts_what_reached_stdout(erofs_bytes: bytes, tmp_path:
     assert record["bytes_in"] == len(blob)
 
 
+def test_failure_record_says_nothing_reached_stdout(erofs_bytes: bytes, tmp_path: Path) -> None:
+    """The issue's case: a corrupt blob whose record said ``"bytes_out": 593920`` while
+    stdout got nothing. An image within the held-back tail never reaches stdout."""
+    blob = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(erofs_bytes))
+    blob[-2] ^= 0xFF
+    log = tmp_path / "sp.log"
+    proc = run_cli(["--log-file", str(log)], stdin=bytes(blob))
+    assert proc.returncode == 65 and proc.stdout == b"" and len(proc.stderr.splitlines()) == 1
+    record = json.loads(log.read_text())
+    assert (record["bytes_out"], record["bytes_in"]) == (0, len(blob))
+
+
 def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path) -> None:
     blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
     fed = blob[: 100 * 1024]

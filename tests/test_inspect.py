@@ -172,6 +172,7 @@ def test_bit_flipped_blob_reports_what_it_read_then_the_error(
     assert proc.returncode == 65
     assert not re.search(r"(^|[\s.(])-1\b", text)
     assert not re.search(r"^EROFS +valid", text, re.M)
+    assert re.search(r"^diff id +\(none: the stream did not decode without error\)$", text, re.M)
     assert f"{decoded} of {len(erofs_bytes)} bytes decoded before the damage" in text
     assert re.search(r"frame 1 +offset \d+, damaged \(see error\)", text)
     assert text.splitlines()[-1].startswith("error")  # everything read first, then the error
