@@ -470,3 +470,25 @@ def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
     proc = run_cli(["decode", "--json"], stdin=erofs_bytes)
     assert proc.returncode == 2 and proc.stdout == b""
     assert len(proc.stderr.splitlines()) == 1 and b"--json" in proc.stderr
+
+
+def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C: exit 130 and no stderr line (as before), and the object under --json."""
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", "inspect", "--json", "-"],
+        stdin=subprocess.PIPE,  # kept open and empty: inspect waits for the blob
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # past start-up: blocked reading the empty pipe
+        if "pipe_read" in Path(f"/proc/{proc.pid}/wchan").read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == b""
+    assert json.loads(out) == {"error": "interrupted (SIGINT)", "exit_code": 130}
