@@ -224,6 +224,8 @@ def test_unknown_media_type_lists_the_names_config_accepts(erofs_bytes: bytes) -
     assert proc.stdout == b""
     assert line.endswith(f"supported: {mt.describe_supported()}")
     assert "tar+zstd" in line and "*" not in line
+    helptext = " ".join(run_cli(["decode", "--help"]).stdout.decode().split())
+    assert f"short name ({', '.join(mt.SHORT_NAMES)})" in helptext
 
 
 def test_declared_zstd_but_gzip_names_both(erofs_bytes: bytes) -> None:

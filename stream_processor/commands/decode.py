@@ -26,7 +26,7 @@ from stream_processor.errors import (
     Terminated,
     UsageError,
 )
-from stream_processor.mediatypes import ENV_MEDIA_TYPE, resolve_name
+from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES, resolve_name
 from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
@@ -111,8 +111,8 @@ OPTIONS = (
         "--media-type",
         str,
         None,
-        f"the layer's media type, or a short name (tar+zstd, erofs+zstd, ...; "
-        f"overrides ${ENV_MEDIA_TYPE})",
+        f"the layer's media type or a short name ({', '.join(SHORT_NAMES)}); "
+        f"overrides ${ENV_MEDIA_TYPE}",
     ),
     _Option(
         "--max-output-bytes",

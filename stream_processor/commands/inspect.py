@@ -16,7 +16,7 @@ from stream_processor.errors import (
     UsageError,
     no_such_file,
 )
-from stream_processor.mediatypes import ENV_MEDIA_TYPE
+from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--media-type",
-        help="the layer's media type or a short name (tar+zstd, erofs+zstd, ...): picks the "
+        help=f"the layer's media type or a short name ({', '.join(SHORT_NAMES)}): picks the "
         "route as decode does (a tar layer is valid on the shared tar+zstd/tar+gzip routes); "
         f"default: the descriptor's, else ${ENV_MEDIA_TYPE}, else detect",
     )
