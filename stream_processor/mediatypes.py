@@ -4,6 +4,11 @@ Like containerd's ``core/diff/stream.go``: a plain table, matched by exact
 string, plus one rule for the ``*.erofs+zstd|gzip`` family of containerd PR
 12506. See docs/containerd.md section 1 for why the tar routes are here at all:
 containerd 2.3 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route.
+
+It is also the one vocabulary of the command line: the short names
+(``tar+zstd``...) that ``decode``, ``inspect`` and ``config --routes`` accept,
+and the one "supported" listing they print. Imported on every decode, so it
+imports nothing beyond ``enum``/``typing`` and ``errors``.
 """
 
 from __future__ import annotations
