@@ -77,7 +77,8 @@ class UnknownCommand(Exception):
 
 
 def _parser(name: str) -> argparse.ArgumentParser:
-    """An argparse parser whose usage errors are one line on stderr (exit 2)."""
+    """An argparse parser whose usage errors are one line on stderr (exit 2); the
+    line is kept in ``failure`` for a ``--json`` error object."""
     import argparse
 
     class _Formatter(argparse.HelpFormatter):
@@ -87,8 +88,11 @@ def _parser(name: str) -> argparse.ArgumentParser:
             super().__init__(prog, width=100)
 
     class _Parser(argparse.ArgumentParser):
+        failure: str | None = None
+
         def error(self, message: str) -> Any:  # argparse prints usage + error: two lines
-            _error(f"{message} (see '{self.prog} --help')")
+            self.failure = f"{message} (see '{self.prog} --help')"
+            _error(self.failure)
             raise SystemExit(EXIT_USAGE)
 
     prog = f"{PROG} {name}" if name != "decode" else PROG
@@ -122,6 +126,38 @@ def _error(message: str) -> None:
         pass
 
 
+def _asked_for_json(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """``--json`` on a command line that failed to parse, for a command that has it."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    return parser.get_default("json") is False and "--json" in options
+
+
+def _json_error(message: str, exit_code: int, stdout_is_data: bool) -> None:
+    """Under ``--json`` a failure is also one JSON object, ``{"error", "exit_code"}``, where
+    the command's report would go: stdout, or stderr when stdout carries a layer
+    (``pack -o -``). ``json`` is imported only here: decode has no ``--json``."""
+    import json
+
+    stream = sys.stderr if stdout_is_data else sys.stdout
+    try:
+        stream.write(json.dumps({"error": message, "exit_code": exit_code}) + "\n")
+        stream.flush()
+    except OSError:
+        pass
+
+
+def _fail(
+    args: Any, message: str, exit_code: int, *, in_report: bool = False, line: bool = True
+) -> int:
+    """Report a failure of ``run``: the stderr line (none for a signal), and the JSON
+    object under ``--json`` unless the command's own JSON report already carries it."""
+    if line:
+        _error(message)
+    if getattr(args, "json", False) is True and not in_report:
+        _json_error(message, exit_code, getattr(args, "output", None) == "-")
+    return exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in in (["-h"], ["--help"], ["help"]):
@@ -144,22 +180,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = parser.parse_args(rest)
         except SystemExit as exc:  # help (0) or a usage error already reported in one line
-            return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+            code = int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+            failure = getattr(parser, "failure", None)
+            if failure is not None and _asked_for_json(parser, rest):
+                _json_error(failure, code, stdout_is_data=False)
+            return code
+        except ProcessorError as exc:  # an option check that raised rather than reported
+            _error(exc.message)
+            if _asked_for_json(parser, rest):
+                _json_error(exc.message, exc.exit_code, stdout_is_data=False)
+            return exc.exit_code
     try:
         return command.run(args)
     except ProcessorError as exc:
-        _error(exc.message)
-        return exc.exit_code
+        return _fail(args, exc.message, exc.exit_code, in_report=exc.in_json_report)
     except ReaderGone:
         return EXIT_SIGPIPE
     except Terminated:
-        return EXIT_SIGTERM
+        return _fail(args, "terminated (SIGTERM)", EXIT_SIGTERM, line=False)
     except KeyboardInterrupt:
-        return 130
+        return _fail(args, "interrupted (SIGINT)", 130, line=False)
     except BrokenPipeError:
         return EXIT_SIGPIPE
     except Exception as exc:  # a bug: still one line, no traceback, unless asked for
         if os.environ.get("EROFS_SP_DEBUG"):
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc}")
-        return EXIT_SOFTWARE
+        return _fail(args, f"internal error: {type(exc).__name__}: {exc}", EXIT_SOFTWARE)

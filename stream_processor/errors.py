@@ -27,6 +27,9 @@ class ProcessorError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # Set by a command whose --json report, already on stdout, carries this error and
+        # its exit code (inspect): ``cli`` then adds no second JSON object.
+        self.in_json_report = False
 
 
 class UsageError(ProcessorError):
@@ -53,6 +56,12 @@ class InputOutputError(ProcessorError):
     def from_os_error(cls, what: str, exc: OSError) -> InputOutputError:
         detail = os.strerror(exc.errno) if exc.errno else str(exc)
         return cls(f"{what}: {detail}")
+
+
+def no_such_file(path: object) -> UsageError:
+    """The one wording for an input path that does not exist, in every command
+    (``pack``, ``inspect``): the words of ``strerror(ENOENT)``, after the path."""
+    return UsageError(f"{path}: no such file or directory")
 
 
 class ReaderGone(Exception):

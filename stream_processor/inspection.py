@@ -97,7 +97,7 @@ class Inspection:
     blob_size: int = 0
     blob_digest: str = ""
     decompressed_size: int = 0
-    diff_id: str | None = None  # only when the whole stream decoded
+    diff_id: str | None = None  # only when the whole stream decoded without error
     file_blob: str = ""
     file_image: str = ""
     frames: list[dict[str, Any]] = field(default_factory=list)
@@ -440,7 +440,7 @@ def format_table(result: Inspection) -> str:
         ("blob size", str(result.blob_size)),
         ("blob digest", result.blob_digest),
         ("decompressed size", str(result.decompressed_size)),
-        ("diff id", result.diff_id or "(none: the stream did not decode to its end)"),
+        ("diff id", result.diff_id or "(none: the stream did not decode without error)"),
         ("file(1) of blob", result.file_blob),
     ]
     if result.compression != Compression.NONE.value:

@@ -4,6 +4,11 @@ Like containerd's ``core/diff/stream.go``: a plain table, matched by exact
 string, plus one rule for the ``*.erofs+zstd|gzip`` family of containerd PR
 12506. See docs/containerd.md section 1 for why the tar routes are here at all:
 containerd 2.3 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route.
+
+It is also the one vocabulary of the command line: the short names
+(``tar+zstd``...) that ``decode``, ``inspect`` and ``config --routes`` accept,
+and the one "supported" listing they print. Imported on every decode, so it
+imports nothing beyond ``enum``/``typing`` and ``errors``.
 """
 
 from __future__ import annotations
@@ -60,26 +65,41 @@ _SHARED: dict[str, Compression] = {
 
 _SUFFIXES: dict[str, Compression] = {"+zstd": Compression.ZSTD, "+gzip": Compression.GZIP}
 
-SUPPORTED: tuple[str, ...] = (
-    EROFS_LAYER_ZSTD,
-    EROFS_LAYER_GZIP,
-    EROFS_LAYER,
-    "*.erofs+zstd",
-    "*.erofs+gzip",
-    "*.erofs",
-    *_SHARED,
-)
+# Short names, one vocabulary for every command: ``decode``/``inspect --media-type`` and
+# ``config --routes`` accept these or a full media type, and every "supported" listing
+# prints ``describe_supported()``. containerd itself only ever sends full media types.
+SHORT_NAMES: dict[str, str] = {
+    "tar+zstd": OCI_LAYER_TAR_ZSTD,
+    "tar+gzip": OCI_LAYER_TAR_GZIP,
+    "erofs+zstd": EROFS_LAYER_ZSTD,
+    "erofs+gzip": EROFS_LAYER_GZIP,
+    "erofs": EROFS_LAYER,
+}
+
+# Full media types matched exactly (the PR 12506 family below is matched by suffix).
+EXACT: tuple[str, ...] = (EROFS_LAYER_ZSTD, EROFS_LAYER_GZIP, EROFS_LAYER, *_SHARED)
+FAMILY_SUFFIXES = (".erofs+zstd", ".erofs+gzip", ".erofs")
 
 
-def resolve(media_type: str | None) -> Route:
-    """Map a media type (or ``None``: unknown, detect) to a route.
+def names() -> tuple[str, ...]:
+    """Every name a user may give exactly: the short names, then the full media types.
+    (Any media type ending in one of ``FAMILY_SUFFIXES`` is accepted too.)"""
+    return (*SHORT_NAMES, *EXACT)
 
-    Raises ``UsageError`` naming the supported types for anything else, so a
-    misconfigured ``accepts`` list is caught on the first layer.
-    """
-    if not media_type:
-        return Route(None, None, Payload.EROFS)
-    mt = media_type.strip()
+
+def describe_supported() -> str:
+    """The one "supported" listing, for every command's error and help text."""
+    return (
+        f"{', '.join(SHORT_NAMES)} (short names), {', '.join(EXACT)}, or any media type "
+        f"ending in {', '.join(FAMILY_SUFFIXES[:-1])} or {FAMILY_SUFFIXES[-1]}"
+    )
+
+
+def _unsupported(name: str) -> UsageError:
+    return UsageError(f"unsupported media type {name!r}; supported: {describe_supported()}")
+
+
+def _route(mt: str) -> Route | None:
     if mt in _SHARED:
         return Route(mt, _SHARED[mt], Payload.EROFS_OR_TAR)
     for suffix, compression in _SUFFIXES.items():
@@ -88,7 +108,33 @@ def resolve(media_type: str | None) -> Route:
             return Route(mt, compression, Payload.EROFS)
     if mt.endswith(".erofs") or mt == EROFS_LAYER:
         return Route(mt, Compression.NONE, Payload.EROFS)
-    raise UsageError(f"unsupported media type {mt!r}; supported: {', '.join(SUPPORTED)}")
+    return None
+
+
+def resolve_name(name: str) -> str:
+    """The full media type for ``name``: a short name (``tar+zstd``) or a supported media
+    type (returned as is). Raises ``UsageError`` listing ``describe_supported()``."""
+    mt = name.strip()
+    mt = SHORT_NAMES.get(mt, mt)
+    if _route(mt) is None:
+        raise _unsupported(name.strip())
+    return mt
+
+
+def resolve(media_type: str | None) -> Route:
+    """Map a media type exactly as containerd sends it (or ``None``: unknown, detect) to a
+    route; short names are for command lines (``resolve_name``), not for this.
+
+    Raises ``UsageError`` naming the supported types for anything else, so a
+    misconfigured ``accepts`` list is caught on the first layer.
+    """
+    if not media_type:
+        return Route(None, None, Payload.EROFS)
+    mt = media_type.strip()
+    route = _route(mt)
+    if route is None:
+        raise _unsupported(mt)
+    return route
 
 
 def erofs_media_type(compression: Compression) -> str:

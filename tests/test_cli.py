@@ -295,6 +295,18 @@ def test_failure_record_counts_what_reached_stdout(erofs_bytes: bytes, tmp_path:
     assert record["bytes_in"] == len(blob)
 
 
+def test_failure_record_says_nothing_reached_stdout(erofs_bytes: bytes, tmp_path: Path) -> None:
+    """The issue's case: a corrupt blob whose record said ``"bytes_out": 593920`` while
+    stdout got nothing. An image within the held-back tail never reaches stdout."""
+    blob = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(erofs_bytes))
+    blob[-2] ^= 0xFF
+    log = tmp_path / "sp.log"
+    proc = run_cli(["--log-file", str(log)], stdin=bytes(blob))
+    assert proc.returncode == 65 and proc.stdout == b"" and len(proc.stderr.splitlines()) == 1
+    record = json.loads(log.read_text())
+    assert (record["bytes_out"], record["bytes_in"]) == (0, len(blob))
+
+
 def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path) -> None:
     blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
     fed = blob[: 100 * 1024]
@@ -411,3 +423,72 @@ def test_log_constants_match() -> None:
     assert decode_command.ENV_LOG_LEVEL == log.ENV_LEVEL
     assert decode_command.LOG_FORMATS == log.FORMATS
     assert decode_command.LOG_LEVELS == log.CHOICES
+
+
+# -- issue 13: under --json a failure is also a JSON object (cli.main, for every command) -----
+
+
+def _json_failure(proc: subprocess.CompletedProcess[bytes], code: int) -> str:
+    """Exit ``code``, one stderr line, and on stdout exactly the object naming it."""
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == code and len(lines) == 1, proc.stderr
+    message = lines[0].removeprefix("erofs-stream-processor: ")
+    assert json.loads(proc.stdout) == {"error": message, "exit_code": code}
+    return message
+
+
+def test_json_failures_of_pack_and_convert(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.erofs"
+    out = tmp_path / "out.blob"
+    proc = run_cli(["pack", "--json", str(missing), "-o", str(out)])
+    assert _json_failure(proc, 2) == f"{missing}: no such file or directory"
+    proc = run_cli(["pack", str(missing), "-o", str(out), "--json", "--compression", "lz4"])
+    assert "--compression" in _json_failure(proc, 2)  # refused while parsing
+    proc = run_cli(["pack", "--json", "-", "-o", str(out)], stdin=b"not an image" * 400)
+    assert _json_failure(proc, 65)
+    proc = run_cli(["convert", "--json", str(tmp_path / "no-layout"), str(tmp_path / "dst")])
+    assert "no-layout" in _json_failure(proc, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    proc = run_cli(["pack", str(missing), "-o", str(out)])  # without --json: the line only
+    assert proc.returncode == 2 and proc.stdout == b"" and len(proc.stderr.splitlines()) == 1
+
+
+def test_json_failure_goes_to_stderr_when_stdout_carries_the_layer() -> None:
+    """``pack -o -`` writes the layer on stdout and its --json summary on stderr: so does
+    a failure's object, after the one line."""
+    proc = run_cli(["pack", "--json", "-", "-o", "-"], stdin=b"not an image" * 400)
+    assert proc.returncode == 65 and proc.stdout == b""
+    line, obj = proc.stderr.decode().splitlines()
+    assert line.startswith("erofs-stream-processor: ")
+    assert json.loads(obj) == {
+        "error": line.removeprefix("erofs-stream-processor: "),
+        "exit_code": 65,
+    }
+
+
+def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
+    proc = run_cli(["decode", "--json"], stdin=erofs_bytes)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert len(proc.stderr.splitlines()) == 1 and b"--json" in proc.stderr
+
+
+def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C: exit 130 and no stderr line (as before), and the object under --json."""
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", "inspect", "--json", "-"],
+        stdin=subprocess.PIPE,  # kept open and empty: inspect waits for the blob
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # past start-up: blocked reading the empty pipe
+        if "pipe_read" in Path(f"/proc/{proc.pid}/wchan").read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == b""
+    assert json.loads(out) == {"error": "interrupted (SIGINT)", "exit_code": 130}

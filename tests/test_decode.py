@@ -12,6 +12,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 import zstandard
 
 from stream_processor import mediatypes as mt
-from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
+from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool, run_cli
 from tests.test_superblock import patch_superblock
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
@@ -198,6 +199,35 @@ def test_unknown_media_type_is_a_usage_error(erofs_bytes: bytes) -> None:
     assert "application/x-foo" in line and mt.EROFS_LAYER_ZSTD in line
 
 
+@pytest.mark.parametrize(
+    ("name", "wrap"),
+    [("tar+zstd", "zstd"), ("erofs+zstd", "zstd"), ("tar+gzip", "gzip"), ("erofs+gzip", "gzip")],
+)
+def test_short_media_type_names_decode(erofs_bytes: bytes, name: str, wrap: str) -> None:
+    """The names ``config --routes`` takes: on the command line and in containerd's env."""
+    blob = zstd_cli(erofs_bytes) if wrap == "zstd" else gzip.compress(erofs_bytes)
+    for args, env in ((["decode", "--media-type", name], {}), ([], {ENV: name})):
+        proc = run_cli(args, stdin=blob, env=env)
+        assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+        assert proc.stdout == erofs_bytes
+
+
+def test_short_name_mismatch_names_the_full_media_type(erofs_bytes: bytes) -> None:
+    proc = run_cli(["--media-type", "erofs+gzip"], stdin=zstd_cli(erofs_bytes))
+    assert_failed(proc, 65, f"media type {mt.EROFS_LAYER_GZIP} says gzip", "data is zstd")
+    assert proc.stdout == b""
+
+
+def test_unknown_media_type_lists_the_names_config_accepts(erofs_bytes: bytes) -> None:
+    proc = run_cli(["decode", "--media-type", "tar+lz4"], stdin=zstd_cli(erofs_bytes))
+    line = assert_failed(proc, 2, "unsupported media type 'tar+lz4'")
+    assert proc.stdout == b""
+    assert line.endswith(f"supported: {mt.describe_supported()}")
+    assert "tar+zstd" in line and "*" not in line
+    helptext = " ".join(run_cli(["decode", "--help"]).stdout.decode().split())
+    assert f"short name ({', '.join(mt.SHORT_NAMES)})" in helptext
+
+
 def test_declared_zstd_but_gzip_names_both(erofs_bytes: bytes) -> None:
     proc = run_cli(stdin=gzip.compress(erofs_bytes), env={ENV: mt.EROFS_LAYER_ZSTD})
     assert_failed(proc, 65, "says zstd", "data is gzip")
@@ -354,3 +384,53 @@ def test_unmountable_superblocks_are_refused(
     proc = run_cli(stdin=zstd_cli(bad), env={ENV: mt.EROFS_LAYER_ZSTD})
     assert_failed(proc, 65, words)
     assert proc.stdout == b""
+
+
+# --- issue 13: terminals ----------------------------------------------------------------
+
+
+def _run_on_pty(erofs_blob: bytes | None, tmp_path: Path) -> tuple[int, str, bytes]:
+    """Run the decoder with stdin (``erofs_blob is None``) or stdout on a pseudo-terminal;
+    returns the exit code, stderr and what the terminal received."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    try:
+        blob_file = tmp_path / "blob"
+        blob_file.write_bytes(erofs_blob or b"")
+        with open(blob_file, "rb") as blob:
+            proc = subprocess.run(
+                [sys.executable, "-m", "stream_processor"],
+                stdin=slave if erofs_blob is None else blob,
+                stdout=slave if erofs_blob is not None else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=ROOT,
+                timeout=30,
+            )
+        os.set_blocking(master, False)
+        try:
+            shown = os.read(master, 1 << 20)
+        except BlockingIOError:
+            shown = b""
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, proc.stderr.decode(), shown + (proc.stdout or b"")
+
+
+def test_stdin_on_a_terminal_is_refused_at_once(tmp_path: Path) -> None:
+    code, err, out = _run_on_pty(None, tmp_path)  # would otherwise wait for keystrokes
+    assert code == 2 and out == b""
+    assert err.splitlines() == [
+        "erofs-stream-processor: stdin is a terminal; give the layer on stdin (< layer.blob)"
+    ]
+
+
+def test_image_is_not_written_to_a_terminal(erofs_bytes: bytes, tmp_path: Path) -> None:
+    code, err, out = _run_on_pty(zstd_cli(erofs_bytes), tmp_path)
+    assert code == 2 and out == b""
+    assert err.splitlines() == [
+        "erofs-stream-processor: refusing to write an EROFS image to a terminal; redirect stdout"
+    ]

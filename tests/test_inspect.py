@@ -172,6 +172,7 @@ def test_bit_flipped_blob_reports_what_it_read_then_the_error(
     assert proc.returncode == 65
     assert not re.search(r"(^|[\s.(])-1\b", text)
     assert not re.search(r"^EROFS +valid", text, re.M)
+    assert re.search(r"^diff id +\(none: the stream did not decode without error\)$", text, re.M)
     assert f"{decoded} of {len(erofs_bytes)} bytes decoded before the damage" in text
     assert re.search(r"frame 1 +offset \d+, damaged \(see error\)", text)
     assert text.splitlines()[-1].startswith("error")  # everything read first, then the error
@@ -188,20 +189,54 @@ def test_table_beyond_the_damage_is_not_called_none(erofs_bytes: bytes) -> None:
 
 def test_empty_input(tmp_path: Path) -> None:
     code, data, err = inspect_json(b"")
-    assert code == 65 and data["error"] == "input is empty"
+    assert code == 65 and data["error"] == "input is empty" and data["exit_code"] == 65
     assert _one_line(err).endswith("-: input is empty")
     proc = run_cli(["inspect", "/dev/null"])
     assert proc.returncode == 65
     assert _one_line(proc.stderr.decode()).endswith("/dev/null: input is empty")
+    assert proc.stdout.decode().splitlines()[-1].split() == ["error", "input", "is", "empty"]
 
 
 def test_missing_file_and_directory_are_usage_errors(tmp_path: Path) -> None:
-    proc = run_cli(["inspect", str(tmp_path / "nope")])
-    assert proc.returncode == 2 and proc.stdout == b""
-    assert _one_line(proc.stderr.decode()).endswith(f"no such file: {tmp_path / 'nope'}")
+    """The words ``pack`` uses for a missing input (errors.no_such_file), and a directory
+    is said to be one."""
+    missing = tmp_path / "nope"
+    for cmd in (["inspect", str(missing)], ["pack", str(missing), "-o", str(tmp_path / "o")]):
+        proc = run_cli(cmd)
+        assert proc.returncode == 2 and proc.stdout == b""
+        assert _one_line(proc.stderr.decode()) == (
+            f"erofs-stream-processor: {missing}: no such file or directory"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     proc = run_cli(["inspect", str(tmp_path)])
     assert proc.returncode == 2 and proc.stdout == b""
-    assert _one_line(proc.stderr.decode()).endswith(f"is a directory: {tmp_path}")
+    assert _one_line(proc.stderr.decode()) == (
+        f"erofs-stream-processor: {tmp_path}: is a directory, not a layer blob"
+    )
+
+
+def test_json_failure_is_one_object_with_error_and_exit_code(
+    erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    """A blob that would not decode: the report is the one JSON object on stdout, and
+    carries ``error`` and ``exit_code`` like every --json failure."""
+    blob, _ = pack_bytes(erofs_bytes)
+    code, data, err = inspect_json(blob[: len(blob) // 2])  # json.loads: exactly one object
+    assert code == 65 and data["exit_code"] == 65
+    assert _one_line(err) == f"erofs-stream-processor: -: {data['error']}"
+    code, data, _ = inspect_json(blob)
+    assert code == 0 and data["exit_code"] == 0 and data["error"] is None
+    proc = run_cli(["inspect", "--json", str(tmp_path / "nope")])
+    assert proc.returncode == 2
+    line = f"{tmp_path / 'nope'}: no such file or directory"
+    assert json.loads(proc.stdout) == {"error": line, "exit_code": 2}
+    assert _one_line(proc.stderr.decode()) == f"erofs-stream-processor: {line}"
+    proc = run_cli(["inspect", "--json", "--threads", "x", "-"], blob)  # a parse error
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout) == {
+        "error": _one_line(proc.stderr.decode()).removeprefix("erofs-stream-processor: "),
+        "exit_code": 2,
+    }
 
 
 def test_blob_digest_and_diff_id(erofs_bytes: bytes) -> None:
@@ -218,15 +253,25 @@ def test_tar_layer_on_the_shared_route_is_valid(sample_tree: Path) -> None:
     from tests.oci_builder import tar_tree
 
     blob = zstandard.ZstdCompressor().compress(tar_tree(sample_tree))
-    code, data, err = inspect_json(
-        blob, "--media-type", "application/vnd.oci.image.layer.v1.tar+zstd"
-    )
-    assert code == 0, err
-    assert data["payload"] == "tar" and data["erofs"] is None and data["error"] is None
+    for args, env in (
+        (["--media-type", "application/vnd.oci.image.layer.v1.tar+zstd"], {}),
+        (["--media-type", "tar+zstd"], {}),  # the short name config --routes takes
+        ([], {"STREAM_PROCESSOR_MEDIATYPE": "application/vnd.oci.image.layer.v1.tar+zstd"}),
+    ):
+        proc = run_cli(["inspect", "--json", *args, "-"], blob, env=env)
+        data = json.loads(proc.stdout)
+        assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+        assert data["payload"] == "tar" and data["erofs"] is None and data["error"] is None
+        assert data["media_type"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    text = run_cli(["inspect", "--media-type", "tar+zstd", "-"], blob).stdout.decode()
+    assert re.search(r"^payload +tar archive \(passed through unchanged", text, re.M)
+    assert "would not decode" not in text and "error" not in text
     code, data, err = inspect_json(blob)  # detected, no media type: EROFS is expected
     assert code == 65 and "expected an EROFS image" in _one_line(err)
     proc = run_cli(["inspect", "--media-type", "bogus", "-"], blob)
-    assert proc.returncode == 2 and "unsupported media type" in _one_line(proc.stderr.decode())
+    assert proc.returncode == 2 and proc.stdout == b""
+    line = _one_line(proc.stderr.decode())
+    assert "unsupported media type 'bogus'" in line and "tar+zstd" in line and "*" not in line
 
 
 def test_uuid_in_both_byte_orders(erofs_bytes: bytes) -> None:
@@ -350,7 +395,10 @@ def test_descriptor_mismatch_is_named(
     [
         (["--annotations", "{not json"], "--annotations is not JSON"),
         (["--annotations", "[1]"], "--annotations is not a JSON object"),
-        (["--descriptor", "/nonexistent/desc.json"], "no such file: /nonexistent/desc.json"),
+        (
+            ["--descriptor", "/nonexistent/desc.json"],
+            "/nonexistent/desc.json: no such file or directory",
+        ),
     ],
 )
 def test_bad_descriptor_options(erofs_bytes: bytes, args: list[str], words: str) -> None:

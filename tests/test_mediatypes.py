@@ -59,3 +59,40 @@ def test_unknown_media_types_are_usage_errors_listing_supported(media_type: str)
 def test_producer_media_types() -> None:
     assert mt.erofs_media_type(Compression.ZSTD) == mt.EROFS_LAYER_ZSTD
     assert mt.erofs_media_type(Compression.NONE) == mt.EROFS_LAYER
+
+
+# -- issue 13: one vocabulary (short names) for decode, inspect and config -----------------
+
+
+@pytest.mark.parametrize(("name", "full"), list(mt.SHORT_NAMES.items()))
+def test_short_names_resolve_to_their_media_types(name: str, full: str) -> None:
+    assert mt.resolve_name(name) == full
+    assert mt.resolve_name(f" {name} ") == full
+    assert mt.resolve_name(full) == full  # a full media type is its own name
+    assert mt.resolve(full).media_type == full
+
+
+def test_every_listed_name_is_accepted_and_the_listing_has_no_patterns() -> None:
+    for name in mt.names():
+        mt.resolve_name(name)
+    listing = mt.describe_supported()
+    assert "*" not in listing
+    for name in mt.names():
+        assert name in listing
+    assert mt.resolve_name("application/vnd.example.layer.erofs+zstd").endswith(".erofs+zstd")
+
+
+def test_unknown_name_lists_the_short_names() -> None:
+    with pytest.raises(UsageError) as err:
+        mt.resolve_name("tar+lz4")
+    assert err.value.message == (
+        f"unsupported media type 'tar+lz4'; supported: {mt.describe_supported()}"
+    )
+    assert "tar+zstd, tar+gzip, erofs+zstd, erofs+gzip, erofs (short names)" in err.value.message
+
+
+def test_containerd_exact_strings_are_not_short_names() -> None:
+    """containerd sends full media types and matches ``accepts`` exactly: ``resolve``
+    (what a config's accepts list is checked with) does not take short names."""
+    with pytest.raises(UsageError):
+        mt.resolve("tar+zstd")

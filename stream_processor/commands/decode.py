@@ -26,7 +26,7 @@ from stream_processor.errors import (
     Terminated,
     UsageError,
 )
-from stream_processor.mediatypes import ENV_MEDIA_TYPE, resolve
+from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES, resolve_name
 from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
@@ -107,7 +107,13 @@ class _Option(NamedTuple):
 
 # One table for both parsers: argparse (help, errors) and parse_fast (the usual case).
 OPTIONS = (
-    _Option("--media-type", str, None, f"media type of the input (overrides ${ENV_MEDIA_TYPE})"),
+    _Option(
+        "--media-type",
+        str,
+        None,
+        f"the layer's media type or a short name ({', '.join(SHORT_NAMES)}); "
+        f"overrides ${ENV_MEDIA_TYPE}",
+    ),
     _Option(
         "--max-output-bytes",
         parse_size,
@@ -298,22 +304,23 @@ def _env_switch(given: bool, env: str) -> bool:
         raise UsageError(f"{env}={value!r} is not a switch; use 1 or 0") from None
 
 
+def _check_terminals() -> None:
+    """An image is binary and the input never ends on a terminal: refuse both up front
+    rather than print an image into a terminal or wait silently for keystrokes."""
+    if os.isatty(0):
+        raise UsageError("stdin is a terminal; give the layer on stdin (< layer.blob)")
+    if os.isatty(1):
+        raise UsageError("refusing to write an EROFS image to a terminal; redirect stdout")
+
+
 def run(args: Any) -> int:
     started = time.monotonic()
     target = _log_target(args)
-    media_type = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
+    given = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
+    media_type = given
     threads = args.threads or default_threads()
     signal.signal(signal.SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
-    options = DecodeOptions(
-        media_type,
-        args.max_output_bytes,
-        args.max_window_size,
-        threads=threads,
-        verify_dm_verity=_env_switch(args.verify_dm_verity, ENV_VERIFY_DM_VERITY),
-        verify_frame_hashes=_env_switch(args.verify_frame_hashes, ENV_VERIFY_FRAME_HASHES),
-        tune_malloc=True,  # this process decodes one layer and exits
-    )
     result = DecodeResult(media_type)
 
     def record(level: str, event: str, exit_code: int, reason: str | None = None) -> None:
@@ -342,8 +349,21 @@ def run(args: Any) -> int:
         log.write_record(log.LogConfig(*target), level, event, **fields)
 
     try:
-        resolve(media_type)  # an unknown media type is a usage error before any input is read
-        decode(_standard_fd(0, "stdin"), _standard_fd(1, "stdout"), options, result)
+        # An unknown media type is a usage error before any input is read; a short name
+        # (tar+zstd) is the media type config --routes registers for it.
+        media_type = result.media_type = resolve_name(given) if given else None
+        in_fd, out_fd = _standard_fd(0, "stdin"), _standard_fd(1, "stdout")
+        _check_terminals()
+        options = DecodeOptions(
+            media_type,
+            args.max_output_bytes,
+            args.max_window_size,
+            threads=threads,
+            verify_dm_verity=_env_switch(args.verify_dm_verity, ENV_VERIFY_DM_VERITY),
+            verify_frame_hashes=_env_switch(args.verify_frame_hashes, ENV_VERIFY_FRAME_HASHES),
+            tune_malloc=True,  # this process decodes one layer and exits
+        )
+        decode(in_fd, out_fd, options, result)
     except ProcessorError as exc:
         record("error", "decode_failed", exc.exit_code, f"{exc.reason}: {exc.message}")
         raise

@@ -8,7 +8,15 @@ import os
 import sys
 from typing import Any
 
-from stream_processor.errors import DataError, InputOutputError, UsageError
+from stream_processor.errors import (
+    EXIT_DATA,
+    EXIT_OK,
+    DataError,
+    InputOutputError,
+    UsageError,
+    no_such_file,
+)
+from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--media-type",
-        help="the layer's media type: picks the route as decode does (a tar layer is valid "
-        "on the shared tar+zstd/tar+gzip routes); default: the descriptor's, else detect",
+        help=f"the layer's media type or a short name ({', '.join(SHORT_NAMES)}): picks the "
+        "route as decode does (a tar layer is valid on the shared tar+zstd/tar+gzip routes); "
+        f"default: the descriptor's, else ${ENV_MEDIA_TYPE}, else detect",
     )
     parser.add_argument(
         "--descriptor",
@@ -46,14 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_input(path: str) -> None:
-    """The words ``pack`` uses: a missing input or a directory is a usage error."""
+def _check_input(path: str, what: str = "a layer blob") -> None:
+    """A missing input (in ``pack``'s words) or a directory is a usage error."""
     if path == "-":
         return
     if os.path.isdir(path):
-        raise UsageError(f"is a directory: {path}")
+        raise UsageError(f"{path}: is a directory, not {what}")
     if not os.path.exists(path):
-        raise UsageError(f"no such file: {path}")
+        raise no_such_file(path)
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:
@@ -69,7 +78,7 @@ def _json_object(text: str, what: str) -> dict[str, Any]:
 def _descriptor(args: argparse.Namespace) -> dict[str, Any] | None:
     desc: dict[str, Any] | None = None
     if args.descriptor is not None:
-        _check_input(args.descriptor)
+        _check_input(args.descriptor, "a descriptor file")
         try:
             with open(args.descriptor, encoding="utf-8") as f:
                 text = f.read()
@@ -85,27 +94,31 @@ def _descriptor(args: argparse.Namespace) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     from stream_processor.inspection import check_descriptor, format_table, inspect_path
-    from stream_processor.mediatypes import resolve
+    from stream_processor.mediatypes import resolve_name
 
     threads = args.threads if args.threads is not None else len(os.sched_getaffinity(0))
     if threads < 1:
         raise UsageError("--threads must be at least 1")
     _check_input(args.blob)
     desc = _descriptor(args)
-    media_type = args.media_type or (desc or {}).get("mediaType") or None
-    resolve(media_type)  # an unknown media type is a usage error before anything is read
+    given = args.media_type or (desc or {}).get("mediaType") or os.environ.get(ENV_MEDIA_TYPE)
+    # an unknown media type is a usage error before anything is read
+    media_type = resolve_name(str(given)) if given else None
     try:
         result = inspect_path(args.blob, threads, media_type)
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot read {args.blob}", exc) from exc
     if desc is not None:
         result.descriptor = check_descriptor(result, desc)
-    if args.json:
-        sys.stdout.write(json.dumps(result.as_dict(), indent=2) + "\n")
+    problems = result.problems()
+    if args.json:  # one object on stdout, with the error and exit code a failure has
+        report = {**result.as_dict(), "exit_code": EXIT_DATA if problems else EXIT_OK}
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         sys.stdout.write(format_table(result))
     sys.stdout.flush()
-    problems = result.problems()
     if problems:
-        raise DataError(f"{args.blob}: {problems[0]}")
-    return 0
+        error = DataError(f"{args.blob}: {problems[0]}")
+        error.in_json_report = args.json
+        raise error
+    return EXIT_OK
