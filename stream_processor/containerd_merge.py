@@ -145,7 +145,7 @@ def line_of(text: str, table: tuple[str, ...], key: str | None = None, nth: int 
     line of a conflict; a key written as a dotted key elsewhere is not found.
     """
     current: tuple[str, ...] | None = ()
-    seen = -1
+    seen = 0 if table == () else -1  # the root table has no header
     for number, line in enumerate(text.splitlines(), start=1):
         header = _header_path(line)
         if header is not None:
