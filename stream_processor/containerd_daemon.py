@@ -91,16 +91,21 @@ def plugin_states(ctr: str, address: str) -> dict[tuple[str, str], PluginState]:
 
 
 def _reason(ctr: str, address: str, key: tuple[str, str]) -> str:
-    """The ``Error:`` text ``ctr plugins ls --detailed`` prints for one plugin, if any."""
+    """The error message ``ctr plugins ls --detailed`` prints for one plugin, if any.
+
+    Its shape (2.3.4): an ``Error:`` line, then indented ``Code:`` and
+    ``Message:`` lines; the message is what containerd says, e.g. "mkfs.erofs
+    does not support tar mode (--tar option), disabling erofs differ: skip plugin".
+    """
     done = _run(
         [ctr, "--address", address, "plugins", "ls", "--detailed", f"type=={key[0]},id=={key[1]}"]
     )
-    lines = done.stdout.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip().startswith("Error:"):
-            rest = [line.strip()[len("Error:") :].strip()]
-            rest += [more.strip() for more in lines[i + 1 :] if more.startswith("\t\t")]
-            return " ".join(r for r in rest if r)
+    lines = [line.strip() for line in done.stdout.splitlines()]
+    if "Error:" not in lines:
+        return ""
+    for line in lines[lines.index("Error:") + 1 :]:
+        if line.startswith("Message:"):
+            return line[len("Message:") :].strip()
     return ""
 
 
@@ -222,6 +227,7 @@ def check_daemon(
         return report
     if not os.path.exists(address):
         raise UsageError(f"no such file: {address}")
+    address = os.path.abspath(address)  # ctr reads a relative one as a URL authority
     ctr_next_to = os.path.join(os.path.dirname(containerd), "ctr") if containerd else None
     ctr = ctr_next_to if ctr_next_to and os.path.isfile(ctr_next_to) else _binary("ctr", None)
     if profile.erofs_plugins:

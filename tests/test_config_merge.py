@@ -475,3 +475,93 @@ def test_merge_into_stock_config_then_the_daemon_starts(
     # and back: the backup is the file as it was
     os.replace(base / "config.toml.bak", config)
     assert config.read_text() == before
+
+
+# ---------------------------------------------------------------- --check-daemon pieces
+
+
+def test_can_execute_follows_the_daemons_user(tmp_path: Path) -> None:
+    from stream_processor import containerd_daemon as cd
+
+    exe = tmp_path / "p"
+    exe.write_text("#!/bin/sh\n")
+    st = exe.stat()
+    root = cd.Credentials(0, frozenset({0}), "root")
+    owner = cd.Credentials(st.st_uid, frozenset({st.st_gid}), "owner")
+    stranger = cd.Credentials(54321, frozenset({54321}), "stranger")
+    exe.chmod(0o700)
+    assert cd.can_execute(str(exe), root) and cd.can_execute(str(exe), owner)
+    assert not cd.can_execute(str(exe), stranger)
+    exe.chmod(0o701)
+    assert cd.can_execute(str(exe), stranger)
+    exe.chmod(0o600)
+    assert not cd.can_execute(str(exe), root)
+    assert not cd.can_execute(str(tmp_path), root)  # a directory is not a processor
+
+
+def test_socket_without_a_listener_falls_back_to_root_and_says_so(tmp_path: Path) -> None:
+    from stream_processor import containerd_daemon as cd
+
+    who = cd.socket_owner(str(tmp_path / "none.sock"))
+    assert who.uid == 0 and "not found" in who.source
+
+
+def test_check_daemon_refusals_are_one_line_usage_errors(tmp_path: Path) -> None:
+    for args, words in (
+        (["--containerd", str(tmp_path / "nope")], f"no such file: {tmp_path / 'nope'}"),
+        (["--routes", "tar+zstd"], "--routes cannot be used with --check-daemon"),
+    ):
+        result = run_cli(["config", "--check-daemon", *args])
+        assert result.returncode == 2
+        assert one_error(result) == f"erofs-stream-processor: {words}" or words in one_error(result)
+
+
+@ROOT_ONLY
+@pytest.mark.daemon
+def test_check_daemon_reports_a_skipped_erofs_differ_with_containerds_reason(base: Path) -> None:
+    """2.3 without mkfs.erofs on its PATH: the differ is `skip`; --check-daemon says why."""
+    bin23 = _bin23()
+    if bin23 is None:
+        pytest.skip(f"{BIN_ENV} is not set: no containerd 2.3 here")
+    containerd = bin23 / "containerd"
+    stock = subprocess.run(
+        [str(containerd), "config", "default"], capture_output=True, text=True, check=True
+    ).stdout
+    config = base / "config.toml"
+    config.write_text(privatize(stock, base))
+    exe = _write_wrapper(base / "bin")
+    assert run_cli(merge_args(config, "2.3", exe, base / "p.log")).returncode == 0
+    socket = base / "c.sock"
+    empty = base / "empty-bin"  # no mkfs.erofs at all
+    empty.mkdir()
+    with open(base / "daemon.log", "wb") as out:
+        proc = subprocess.Popen(
+            [str(containerd), "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={"PATH": f"{empty}:{bin23}"},
+        )  # fmt: skip
+    try:
+        ctr = [str(bin23 / "ctr"), "--address", str(socket), "version"]
+        problem = wait_until_ready(
+            proc,
+            lambda: subprocess.run(ctr, capture_output=True, check=False).returncode == 0,
+            base / "daemon.log",
+            30.0,
+        )
+        assert problem is None, problem
+        result = run_cli(
+            ["config", "--check-daemon", "--containerd", str(containerd),
+             "--daemon-config", str(config), "--address", str(socket)]
+        )  # fmt: skip
+        report = result.stdout.decode()
+        assert result.returncode == 1, report
+        skipped = [
+            line
+            for line in report.splitlines()
+            if "did not load io.containerd.differ.v1 erofs" in line
+        ]
+        assert skipped and skipped[0].startswith("problem: "), report
+        assert "(status skip): " in skipped[0] and "mkfs.erofs" in skipped[0], skipped
+        assert "ok: the daemon loaded io.containerd.snapshotter.v1 erofs" in report
+    finally:
+        stop_daemon(proc)
