@@ -20,11 +20,14 @@ the decode path.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
+import signal
 import tempfile
+import threading
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +36,13 @@ import tomlkit.exceptions
 from tomlkit.items import AoT, Table, Whitespace
 
 from stream_processor import containerd_config as cc
-from stream_processor.errors import DataError, InputOutputError, ProcessorError, UsageError
+from stream_processor.errors import (
+    DataError,
+    InputOutputError,
+    ProcessorError,
+    Terminated,
+    UsageError,
+)
 
 EXIT_CONFLICT = 1
 DEFAULT_BACKUP_SUFFIX = ".bak"
@@ -67,7 +76,10 @@ class Change:
     def describe(self) -> str:
         at = f"line {self.line}: " if self.line else ""
         if self.old is None:
-            return f"{at}add {self.where} = {_show(self.new)}"
+            if self.new == {}:
+                return f"{at}add table {self.where}"
+            sep = " " if isinstance(self.new, dict) else " = "
+            return f"{at}add {self.where}{sep}{_show(self.new)}"
         return f"{at}{self.where} = {_show(self.old)} -> {_show(self.new)}"
 
 
@@ -104,6 +116,10 @@ def _show(value: Any) -> str:
         return cc.toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "unset"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -226,6 +242,7 @@ class _Merger:
             model = model.get(key) if model is not None and key in model else None
             if key not in node:
                 fresh = model if isinstance(model, Table) else tomlkit.table()
+                _trim(fresh)
                 _add(node, key, fresh)
             child = node[key]
             if not isinstance(child, Table):
@@ -275,6 +292,21 @@ class _Merger:
             self.table(*table_path)[key] = wanted
 
 
+def _trim(table: Table) -> None:
+    """Drop the comments that end a table copied from the snippet, then one blank line.
+
+    In the snippet they introduce the next table, which may already be in the
+    operator's file or land elsewhere; left in place they would describe the wrong table.
+    """
+    body = table.value.body
+    while body and body[-1][0] is None:
+        body.pop()
+    if body and isinstance(body[-1][1], Table):
+        _trim(body[-1][1])
+    else:
+        body.append((None, Whitespace("\n")))
+
+
 def _add(container: Any, key: str, value: Any) -> None:
     """Append ``key`` before the container's trailing blank lines, indented like its siblings."""
     body = container.value.body if isinstance(container, Table) else container.body
@@ -288,6 +320,12 @@ def _add(container: Any, key: str, value: Any) -> None:
     ]
     if isinstance(value, Table | AoT) and body and not isinstance(body[-1][1], Whitespace):
         last = body[-1][1]
+        while (
+            isinstance(last, Table)
+            and last.value.body
+            and isinstance(last.value.body[-1][1], Table)
+        ):
+            last = last.value.body[-1][1]  # a super table ends where its last child ends
         if isinstance(last, Table):
             if not last.value.body or not isinstance(last.value.body[-1][1], Whitespace):
                 last.value.body.append((None, Whitespace("\n")))
@@ -417,7 +455,7 @@ def _merge_plugins(m: _Merger, plain: Mapping[str, Any], wanted: Mapping[str, An
         current = plugins.get(plugin)
         current = current if isinstance(current, dict) else {}
         if plugin not in plugins:
-            m.record(Change(_where(("plugins", plugin), "(table)"), None, {}))
+            m.record(Change(_where(("plugins", plugin), "")[:-1], None, {}))
             m.table("plugins", plugin)
         for key, value in settings.items():
             if key == "unpack_config":
@@ -431,7 +469,7 @@ def _merge_plugins(m: _Merger, plain: Mapping[str, Any], wanted: Mapping[str, An
 def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> None:
     """One erofs/erofs entry per wanted platform; one pairing other plugins is a conflict."""
     path = ("plugins", cc.TRANSFER, "unpack_config")
-    where = _where(path, "")[:-1]
+    where = "[" + _where(path, "")[:-1] + "]"
     existing = [u for u in current if isinstance(u, dict)] if isinstance(current, list) else []
     for entry in wanted:
         same = [i for i, u in enumerate(existing) if u.get("platform") == entry["platform"]]
@@ -445,7 +483,7 @@ def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> Non
         ):
             continue
         if not same:
-            m.record(Change(f"{where} entry", None, [entry]))
+            m.record(Change(where, None, dict(entry)))
             table = m.table("plugins", cc.TRANSFER)
             model = m.snippet["plugins"][cc.TRANSFER]["unpack_config"]
             fresh = next(t for t in model if t["platform"] == entry["platform"])
@@ -453,9 +491,12 @@ def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> Non
                 _add(table, "unpack_config", tomlkit.aot())
             aot = table["unpack_config"]
             assert isinstance(aot, AoT)
-            keys = [i.trivia.indent for k, i in table.value.body if k and hasattr(i, "trivia")]
-            base = keys[0] if keys else ""
-            fresh.trivia.indent = base[len(table.trivia.indent) :] if base else ""
+            if len(aot):  # parsed entries keep their indent as written
+                fresh.trivia.indent = aot[0].trivia.indent
+            else:  # tomlkit adds the parent table's indent to a new one
+                keys = [i.trivia.indent for k, i in table.value.body if k and hasattr(i, "trivia")]
+                base = keys[0] if keys else ""
+                fresh.trivia.indent = base[len(table.trivia.indent) :] if base else ""
             aot.append(fresh)
             continue
         index = same[0]
@@ -506,20 +547,48 @@ def write(path: str, before: str, after: str, backup_suffix: str = DEFAULT_BACKU
         st = os.stat(target)
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
+    with _cleanup_on_signals():
+        _replace_all(((backup, before), (target, after)), st, path)
+    return backup
+
+
+@contextlib.contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` while temporaries exist, so they are removed.
+
+    (SIGINT already raises KeyboardInterrupt.) Without this, a kill between
+    staging and renaming would leave a ``.config.toml.XXXX`` beside the config.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _replace_all(files: tuple[tuple[str, str], ...], st: os.stat_result, path: str) -> None:
+    """Stage every (destination, text) first, then rename each over its destination."""
     staged: list[tuple[str, str]] = []
     try:
-        for dest, text in ((backup, before), (target, after)):
+        for dest, text in files:
             staged.append((_stage(dest, text.encode("utf-8"), st), dest))
         for tmp, dest in staged:
             os.replace(tmp, dest)
-        _fsync_dir(os.path.dirname(target))
+        _fsync_dir(os.path.dirname(files[-1][0]))
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
     finally:
         for tmp, _ in staged:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
-    return backup
 
 
 def _stage(dest: str, data: bytes, st: os.stat_result) -> str:

@@ -565,3 +565,54 @@ def test_check_daemon_reports_a_skipped_erofs_differ_with_containerds_reason(bas
         assert "ok: the daemon loaded io.containerd.snapshotter.v1 erofs" in report
     finally:
         stop_daemon(proc)
+
+
+def test_sigterm_while_writing_leaves_the_config_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream_processor.errors import Terminated
+
+    config = tmp_path / "config.toml"
+    config.write_text(HAND_WRITTEN)
+
+    def killed(src: str, dst: str) -> None:
+        os.kill(os.getpid(), 15)  # arrives after both temporaries are staged
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(Terminated):
+        cm.write(str(config), HAND_WRITTEN, HAND_WRITTEN + "# changed\n")
+    assert config.read_text() == HAND_WRITTEN
+    assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
+
+
+def test_another_processor_on_our_route_is_a_conflict() -> None:
+    text = (
+        "version = 2\n"
+        '[stream_processors."example.other"]\n'
+        '  accepts = ["application/vnd.oci.image.layer.v1.tar+zstd", "x/y"]\n'
+        '  returns = "application/vnd.oci.image.layer.v1.tar"\n'
+        '  path = "/usr/bin/other"\n'
+    )
+    with pytest.raises(cm.MergeConflict, match=r'line 3: \[stream_processors\."example\.other"\]'):
+        cm.merge(text, _opts(cc.profile_for("1.6")))
+    forced = tomllib.loads(cm.merge(text, _opts(cc.profile_for("1.6")), force=True).after)
+    assert forced["stream_processors"]["example.other"]["accepts"] == ["x/y"]
+
+
+def test_unpack_entry_for_this_platform_with_another_snapshotter_is_a_conflict() -> None:
+    text = (
+        "version = 3\n"
+        '[plugins."io.containerd.transfer.v1.local"]\n'
+        '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+        '    platform = "linux/arm64"\n'
+        '    snapshotter = "erofs"\n'
+        '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
+        f"    platform = {cc.toml_string(HOST)}\n"
+        '    snapshotter = "overlayfs"\n'
+    )
+    with pytest.raises(cm.MergeConflict, match=f"line 8: .*unpack_config]] for {HOST}"):
+        cm.merge(text, _opts(cc.profile_for("2.3")))
+    forced = tomllib.loads(cm.merge(text, _opts(cc.profile_for("2.3")), force=True).after)
+    unpack = forced["plugins"][cc.TRANSFER]["unpack_config"]
+    assert unpack[1] == {"platform": HOST, "snapshotter": "erofs", "differ": "erofs"}
+    assert len(unpack) == 3  # arm64 kept, HOST fixed, the +erofs twin added
