@@ -616,3 +616,29 @@ def test_unpack_entry_for_this_platform_with_another_snapshotter_is_a_conflict()
     unpack = forced["plugins"][cc.TRANSFER]["unpack_config"]
     assert unpack[1] == {"platform": HOST, "snapshotter": "erofs", "differ": "erofs"}
     assert len(unpack) == 3  # arm64 kept, HOST fixed, the +erofs twin added
+
+
+def test_config_from_elsewhere_says_on_stderr_what_it_registered(tmp_path: Path) -> None:
+    """Neither the script nor ``-m``: PATH is searched, and stderr says what was registered."""
+    code = "import sys; from stream_processor.cli import main; sys.exit(main(['config']))"
+    env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=env, cwd=tmp_path, check=False
+    )
+    assert result.returncode == 0
+    assert result.stderr.decode() == (
+        f"erofs-stream-processor: registering {os.path.abspath(sys.executable)} -m "
+        "stream_processor: no erofs-stream-processor on PATH\n"
+    )
+
+
+@pytest.mark.parametrize(("version", "file_version", "ok"), [("2.3", 4, True), ("2.3", 3, True),
+                         ("2.1", 4, False), ("2.3", 2, False)])  # fmt: skip
+def test_check_accepts_the_config_versions_each_containerd_reads(
+    version: str, file_version: int, ok: bool
+) -> None:
+    profile = cc.profile_for(version)
+    config = tomllib.loads(cc.render(_opts(profile)))
+    config["version"] = file_version
+    problems = [f.message for f in cc.check_config(config, profile).problems]
+    assert (not any("config version" in p for p in problems)) is ok, problems
