@@ -244,26 +244,69 @@ def unreachable_reason(media_type: str, profile: Profile) -> str | None:
 
 @dataclass(frozen=True)
 class Executable:
-    """How containerd should start the processor: ``path`` plus leading ``args``/``env``."""
+    """How containerd should start the processor: ``path`` plus leading ``args``/``env``.
+
+    ``note`` says why this one was chosen when it is not simply what the user
+    ran or named (it is printed on stderr, so nothing is registered silently).
+    """
 
     path: str
     args: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
+    note: str = field(default="", compare=False)
 
 
-def find_executable(explicit: str | None = None) -> Executable:
-    """The installed console script, else this interpreter with ``-m stream_processor``.
+def find_executable(explicit: str | None = None, invoked: str | None = None) -> Executable:
+    """What containerd should start: ``explicit``, else what was invoked, else a search.
 
-    containerd does not share a login shell's PATH (systemd gives it a short
-    one), so the result is always absolute. When the package is not installed
-    in the interpreter's own site-packages (a source checkout), PYTHONPATH is
-    added so that the interpreter containerd starts can import it.
+    ``invoked`` is ``sys.argv[0]`` of the running command: the console script
+    (register that script, not another one on PATH whose shebang may name
+    another venv) or ``stream_processor/__main__.py`` for ``python -m`` (register
+    this interpreter). Only when it is neither is PATH searched, and the
+    result carries a note saying so. containerd does not share a login
+    shell's PATH (systemd gives it a short one), so the result is always
+    absolute. When the package is not installed in the interpreter's own
+    site-packages (a source checkout), PYTHONPATH is added so that the
+    interpreter containerd starts can import it.
     """
     if explicit:
-        return Executable(os.path.abspath(explicit))
+        return Executable(check_executable_path(explicit))
+    if invoked and os.path.basename(invoked) == PROG and os.path.isfile(invoked):
+        return Executable(os.path.abspath(invoked))
+    if invoked and _is_this_package_main(invoked):
+        return _this_interpreter()
     found = shutil.which(PROG)
     if found:
-        return Executable(os.path.abspath(found))
+        path = os.path.abspath(found)
+        return Executable(path, note=f"registering {path}, the {PROG} found on PATH")
+    exe = _this_interpreter()
+    return Executable(
+        exe.path,
+        exe.args,
+        exe.env,
+        note=f"registering {exe.path} -m stream_processor: no {PROG} on PATH",
+    )
+
+
+def check_executable_path(path: str) -> str:
+    """``--path`` must be absolute: containerd resolves nothing against a shell's cwd or PATH."""
+    if not os.path.isabs(path):
+        raise UsageError(
+            f"--path {path} is not absolute; containerd needs the full path "
+            f"(e.g. {os.path.abspath(path)})"
+        )
+    return os.path.normpath(path)
+
+
+def _is_this_package_main(invoked: str) -> bool:
+    here = Path(__file__).resolve().parent / "__main__.py"
+    try:
+        return Path(invoked).resolve() == here
+    except OSError:
+        return False
+
+
+def _this_interpreter() -> Executable:
     package_parent = str(Path(__file__).resolve().parent.parent)
     env: tuple[str, ...] = ()
     if not any(os.path.abspath(p) == package_parent for p in _site_dirs()):
@@ -288,6 +331,26 @@ def host_platform() -> str:
         machine, machine
     )
     return f"linux/{arch}"
+
+
+# GOARCH values containerd builds for Linux.
+ARCHES = ("386", "amd64", "arm", "arm64", "loong64", "mips64le", "ppc64le", "riscv64", "s390x")
+
+
+def check_platform(text: str) -> str:
+    """``--platform`` must be ``linux/ARCH[/VARIANT]`` with an architecture containerd knows.
+
+    containerd compares unpack platforms with image platforms; a misspelt one
+    matches no image and silently disables unpacking with the erofs snapshotter.
+    """
+    parts = text.split("/")
+    os_name = parts[0].split("(", 1)[0]
+    if len(parts) not in (2, 3) or os_name != "linux" or parts[1] not in ARCHES:
+        raise UsageError(
+            f"--platform {text!r} is not a Linux platform; use linux/ARCH (ARCH one of "
+            f"{', '.join(ARCHES)}), e.g. {host_platform()}"
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -490,17 +553,48 @@ class CheckReport:
 
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a config.toml; errors name the file and say what is wrong in it."""
+    """Parse a config.toml; errors name the file and say what is wrong in it.
+
+    A missing file is a usage error with the words every command uses for a
+    missing input ("no such file: PATH", exit 2).
+    """
+    name = os.fspath(path)
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            data = fh.read()
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {name}") from None
+    except IsADirectoryError:
+        raise UsageError(f"not a file: {name}") from None
     except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot read {os.fspath(path)}", exc) from exc
+        raise InputOutputError.from_os_error(f"cannot read {name}", exc) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name} is not valid TOML: not UTF-8 text ({exc.reason})") from exc
+    return parse_config(text, name)
+
+
+def parse_config(text: str, source: str) -> dict[str, Any]:
+    """Parse config.toml text; the error names ``source`` and tomllib's line and column."""
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"{os.fspath(path)} is not valid TOML: {exc}") from exc
+        raise DataError(f"{source} is not valid TOML: {exc}") from exc
 
 
-def _is_ours(pid: str, entry: Mapping[str, Any]) -> bool:
+def config_versions(profile: Profile) -> tuple[int, ...]:
+    """Config file versions ``profile``'s containerd reads as they are.
+
+    containerd 2.3 writes version 4 (``containerd config default``, seen on
+    2.3.4) and still reads version 3; 2.0-2.2 read 3, 1.x reads 2.
+    """
+    if profile.erofs_plugins:  # 2.3 and later
+        return (3, 4)
+    return (profile.config_version,)
+
+
+def is_ours(pid: str, entry: Mapping[str, Any]) -> bool:
     text = " ".join(
         [
             pid,
@@ -531,7 +625,7 @@ def check_config(
     if not isinstance(processors, dict) or not processors:
         report.add(PROBLEM, "no stream processor is registered: [stream_processors] is missing")
         return report
-    ours = {pid: e for pid, e in processors.items() if isinstance(e, dict) and _is_ours(pid, e)}
+    ours = {pid: e for pid, e in processors.items() if isinstance(e, dict) and is_ours(pid, e)}
     if not ours:
         report.add(
             PROBLEM,
@@ -551,11 +645,13 @@ def check_config(
 
 def _check_version(config: Mapping[str, Any], profile: Profile, report: CheckReport) -> None:
     found = config.get("version", 1)
-    if profile.config_version == 3 and found != 3:
+    accepted = config_versions(profile)
+    if profile.config_version == 3 and found not in accepted:
         report.add(
             PROBLEM,
-            f"config version is {found}, but {profile.label} reads version 3 plugin names; "
-            "run `containerd config migrate` (or check with --containerd-version for a 1.x node)",
+            f"config version is {found}, but {profile.label} reads version "
+            f"{' or '.join(map(str, accepted))} plugin names; run `containerd config migrate` "
+            "(or check with --containerd-version for a 1.x node)",
         )
     elif profile.config_version == 2 and found != 2:
         report.add(PROBLEM, f"config version is {found}; {profile.label} expects version = 2")

@@ -1,7 +1,9 @@
-"""``erofs-stream-processor config``: print the containerd snippet, or check a config.toml.
+"""``erofs-stream-processor config``: print the snippet, merge it, or check a config.
 
-All decisions live in ``stream_processor.containerd_config``; this module only
-maps options onto it and picks the exit status.
+All decisions live in ``stream_processor.containerd_config`` (snippet and
+checker), ``containerd_merge`` (``--merge``) and ``containerd_daemon``
+(``--check-daemon``); this module only maps options onto them, refuses
+options that would be ignored, and picks the exit status.
 """
 
 from __future__ import annotations
@@ -11,15 +13,29 @@ import sys
 
 from stream_processor import PROG, log
 from stream_processor import containerd_config as cc
+from stream_processor.errors import ProcessorError, UsageError
 
 EXIT_CHECK_FAILED = 1
+
+# Options that only shape the generated snippet (refused with --check/--check-daemon),
+# and those that belong to one mode only.
+GENERATION = ("routes", "path", "log_file", "log_level", "platform")
+MERGE_ONLY = ("dry_run", "backup", "force")
+DAEMON_ONLY = ("containerd", "address", "daemon_config")
+
+
+class CheckFailed(ProcessorError):
+    exit_code = EXIT_CHECK_FAILED
+    reason = "check-failed"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Print the config.toml snippet that registers this processor with containerd, "
-        "or check an existing config.toml (--check). The media types containerd hands a "
-        "processor depend on its version and differ; see the README's compatibility matrix."
+        "merge it into an existing config.toml (--merge), or check a config.toml (--check) "
+        "or what a containerd really loaded (--check-daemon). The media types containerd "
+        "hands a processor depend on its version and differ; see the README's "
+        "compatibility matrix."
     )
     parser.add_argument(
         "--containerd-version",
@@ -43,12 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--path",
-        help="executable containerd should start (default: the installed "
-        f"{PROG} script, else this Python with -m stream_processor)",
+        help="absolute path of the executable containerd should start (default: the "
+        f"{PROG} script this command was started as, else this Python with -m stream_processor)",
     )
     parser.add_argument(
         "--log-file",
-        default=cc.DEFAULT_LOG_FILE,
         help=f"value of {log.ENV_FILE} in env (default {cc.DEFAULT_LOG_FILE}; '' for none)",
     )
     parser.add_argument(
@@ -58,14 +73,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--platform",
-        help=f"unpack platform for the transfer service (default: this host, {cc.host_platform()})",
+        help=f"unpack platform for the transfer service, linux/ARCH (default: this host, "
+        f"{cc.host_platform()})",
     )
-    parser.add_argument("--check", metavar="FILE", help="check FILE instead of printing a snippet")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", metavar="FILE", help="check FILE instead of printing a snippet")
+    mode.add_argument(
+        "--merge",
+        metavar="FILE",
+        help="add the registration to FILE (an existing config.toml), keeping its other "
+        "settings and comments; the old file is kept as FILE.bak",
+    )
+    mode.add_argument(
+        "--check-daemon",
+        action="store_true",
+        help="check the configuration containerd really loads (`containerd config dump`)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="with --merge: print a unified diff, write nothing"
+    )
+    parser.add_argument(
+        "--backup",
+        metavar="SUFFIX",
+        help="with --merge: keep the old file as FILE+SUFFIX (default .bak)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --merge: also change settings the operator set differently",
+    )
+    parser.add_argument(
+        "--containerd",
+        metavar="PATH",
+        help="with --check-daemon: the containerd binary (default: containerd on PATH)",
+    )
+    parser.add_argument(
+        "--daemon-config",
+        metavar="FILE",
+        help="with --check-daemon: the config file containerd is started with "
+        "(default: containerd's own, /etc/containerd/config.toml)",
+    )
+    parser.add_argument(
+        "--address",
+        metavar="SOCKET",
+        help="with --check-daemon: also ask the daemon on SOCKET (ctr plugins ls) whether "
+        "the erofs plugins loaded, and check the processor is executable by its user",
+    )
     parser.add_argument(
         "--skip-path-check",
         action="store_true",
-        help="with --check: do not require the registered path to exist here "
-        "(for templates checked before installing)",
+        help="with --check, --merge or --check-daemon: do not require the registered path to "
+        "exist here (for templates checked before installing)",
+    )
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _refuse(args: argparse.Namespace, dests: tuple[str, ...], mode: str) -> None:
+    given = [_option(d) for d in dests if getattr(args, d) not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot be used {mode}")
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.check:
+        _refuse(args, GENERATION, "with --check (it checks the file as it is)")
+    if args.check_daemon:
+        _refuse(args, GENERATION, "with --check-daemon (it checks what containerd loads)")
+    if not args.merge:
+        _refuse(args, MERGE_ONLY, "without --merge")
+    if not args.check_daemon:
+        _refuse(args, DAEMON_ONLY, "without --check-daemon")
+    if not (args.check or args.merge or args.check_daemon):
+        _refuse(args, ("skip_path_check",), "without --check, --merge or --check-daemon")
+    return (
+        "check" if args.check else "merge" if args.merge else "daemon" if args.check_daemon else ""
     )
 
 
@@ -75,22 +159,84 @@ def _routes(text: str | None) -> list[str] | None:
     return [part for part in (p.strip() for p in text.split(",")) if part]
 
 
-def run(args: argparse.Namespace) -> int:
-    profile = cc.profile_for(args.containerd_version, args.differ)
-    if args.check:
-        config = cc.load_config(args.check)
-        report = cc.check_config(
-            config, profile, source=args.check, check_path=not args.skip_path_check
-        )
-        sys.stdout.write(report.render())
-        return EXIT_CHECK_FAILED if report.problems else 0
-    options = cc.SnippetOptions(
+def _snippet_options(args: argparse.Namespace, profile: cc.Profile) -> cc.SnippetOptions:
+    platform = cc.check_platform(args.platform) if args.platform else cc.host_platform()
+    executable = cc.find_executable(args.path, invoked=sys.argv[0])
+    if executable.note:
+        sys.stderr.write(f"{PROG}: {executable.note}\n")
+    return cc.SnippetOptions(
         profile=profile,
-        executable=cc.find_executable(args.path),
+        executable=executable,
         routes=cc.resolve_routes(_routes(args.routes), profile),
-        log_file=args.log_file or None,
+        log_file=cc.DEFAULT_LOG_FILE if args.log_file is None else (args.log_file or None),
         log_level=args.log_level,
-        platform=args.platform or cc.host_platform(),
+        platform=platform,
     )
+
+
+def _report(report: cc.CheckReport) -> int:
+    sys.stdout.write(report.render())
+    return EXIT_CHECK_FAILED if report.problems else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    mode = _mode(args)
+    profile = cc.profile_for(args.containerd_version, args.differ)
+    if mode == "check":
+        config = cc.load_config(args.check)
+        return _report(
+            cc.check_config(config, profile, source=args.check, check_path=not args.skip_path_check)
+        )
+    if mode == "daemon":
+        from stream_processor import containerd_daemon
+
+        report = containerd_daemon.check_daemon(
+            profile,
+            containerd=args.containerd,
+            config_file=args.daemon_config,
+            address=args.address,
+            check_path=not args.skip_path_check,
+        )
+        return _report(report)
+    options = _snippet_options(args, profile)
+    if mode == "merge":
+        return _merge(args, options)
     sys.stdout.write(cc.render(options))
+    return 0
+
+
+def _merge(args: argparse.Namespace, options: cc.SnippetOptions) -> int:
+    """Merge, check the result, and write it only if it passes (or show it, --dry-run)."""
+    import tomllib
+
+    from stream_processor import containerd_merge as cm
+
+    path = args.merge
+    backup_suffix = cm.check_backup_suffix(
+        cm.DEFAULT_BACKUP_SUFFIX if args.backup is None else args.backup
+    )
+    result = cm.merge(cm.read(path), options, source=path, force=args.force)
+    report = cc.check_config(
+        tomllib.loads(result.after), options.profile, source=f"{path} (merged)",
+        check_path=not args.skip_path_check,
+    )  # fmt: skip
+    if args.dry_run:
+        sys.stdout.write(result.diff() or f"{path} already holds this registration\n")
+    else:
+        for change in result.changes:
+            sys.stdout.write(f"{'forced: ' if change.conflict else ''}{change.describe()}\n")
+        sys.stdout.write(report.render())
+    if report.problems:
+        raise CheckFailed(
+            f"{path} would not pass --check after merging ({len(report.problems)} problem"
+            f"{'s' if len(report.problems) > 1 else ''}: {report.problems[0].message}); "
+            "nothing written"
+        )
+    if args.dry_run:
+        return 0
+    if not result.changed:
+        sys.stdout.write(f"{path} already holds this registration; nothing changed\n")
+        return 0
+    backup = cm.write(path, result.before, result.after, backup_suffix)
+    sys.stdout.write(f"wrote {path}; the previous version is {backup}\n")
     return 0
