@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_processor import PROG, log, mediatypes
-from stream_processor.errors import DataError, InputOutputError, UsageError
+from stream_processor.errors import DataError, InputOutputError, UsageError, no_such_file
 
 PROCESSOR_ID = "io.containerd.processor.v1.erofs"
 DEFAULT_EXECUTABLE = "/usr/local/bin/erofs-stream-processor"
@@ -48,14 +48,6 @@ MAX_CONCURRENT_UNPACKS = 2
 STOCK = "stock"
 PR12506 = "pr12506"
 DIFFERS = (STOCK, PR12506)
-
-# Short names for --routes; a full media type string is accepted too.
-ROUTE_NAMES: dict[str, str] = {
-    "tar+zstd": mediatypes.OCI_LAYER_TAR_ZSTD,
-    "tar+gzip": mediatypes.OCI_LAYER_TAR_GZIP,
-    "erofs+zstd": mediatypes.EROFS_LAYER_ZSTD,
-    "erofs+gzip": mediatypes.EROFS_LAYER_GZIP,
-}
 
 GZIP_REJECTED = (
     "stock containerd 2.3 rejects application/vnd.erofs.layer.v1+gzip in its erofs differ "
@@ -207,10 +199,12 @@ def resolve_routes(names: Sequence[str] | None, profile: Profile) -> tuple[str, 
         return profile.default_routes()
     routes: list[str] = []
     for name in names:
-        mt = ROUTE_NAMES.get(name.strip(), name.strip())
-        if "*" in mt:
-            raise UsageError(f"containerd matches media types exactly; {mt!r} would match nothing")
-        mediatypes.resolve(mt)  # raises UsageError naming what the processor accepts
+        if "*" in name:
+            raise UsageError(
+                f"containerd matches media types exactly; {name.strip()!r} would match nothing"
+            )
+        # a short name or a media type the processor accepts, else a UsageError naming them
+        mt = mediatypes.resolve_name(name)
         problem = unreachable_reason(mt, profile)
         if problem:
             raise UsageError(problem)
@@ -556,14 +550,14 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a config.toml; errors name the file and say what is wrong in it.
 
     A missing file is a usage error with the words every command uses for a
-    missing input ("no such file: PATH", exit 2).
+    missing input ("PATH: no such file or directory", exit 2).
     """
     name = os.fspath(path)
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except FileNotFoundError:
-        raise UsageError(f"no such file: {name}") from None
+        raise no_such_file(name) from None
     except IsADirectoryError:
         raise UsageError(f"not a file: {name}") from None
     except OSError as exc:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream_processor import containerd_config as cc
-from stream_processor.errors import DataError, UsageError
+from stream_processor.errors import DataError, UsageError, no_such_file
 
 TIMEOUT = 60.0
 EROFS_PLUGINS = (("io.containerd.snapshotter.v1", "erofs"), ("io.containerd.differ.v1", "erofs"))
@@ -32,7 +32,7 @@ EROFS_PLUGINS = (("io.containerd.snapshotter.v1", "erofs"), ("io.containerd.diff
 def _binary(name: str, explicit: str | None) -> str:
     if explicit:
         if not os.path.isfile(explicit):
-            raise UsageError(f"no such file: {explicit}")
+            raise no_such_file(explicit)
         return explicit
     found = shutil.which(name)
     if not found:
@@ -56,7 +56,7 @@ def dump_config(containerd: str | None, config_file: str | None) -> tuple[str, d
     """(the command run, the effective config) from ``containerd [--config F] config dump``."""
     binary = _binary("containerd", containerd)
     if config_file is not None and not os.path.exists(config_file):
-        raise UsageError(f"no such file: {config_file}")
+        raise no_such_file(config_file)
     argv = [binary, *(["--config", config_file] if config_file else []), "config", "dump"]
     done = _run(argv)
     command = " ".join(argv)
@@ -226,7 +226,7 @@ def check_daemon(
     if address is None:
         return report
     if not os.path.exists(address):
-        raise UsageError(f"no such file: {address}")
+        raise no_such_file(address)
     address = os.path.abspath(address)  # ctr reads a relative one as a URL authority
     ctr_next_to = os.path.join(os.path.dirname(containerd), "ctr") if containerd else None
     ctr = ctr_next_to if ctr_next_to and os.path.isfile(ctr_next_to) else _binary("ctr", None)

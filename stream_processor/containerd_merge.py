@@ -42,6 +42,7 @@ from stream_processor.errors import (
     ProcessorError,
     Terminated,
     UsageError,
+    no_such_file,
 )
 
 EXIT_CONFLICT = 1
@@ -518,7 +519,7 @@ def read(path: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
+        raise no_such_file(path) from None
     except IsADirectoryError:
         raise UsageError(f"not a file: {path}") from None
     except UnicodeDecodeError as exc:

@@ -434,7 +434,7 @@ def test_cli_refuses_gzip_route_on_stock_23_with_one_line() -> None:
 @pytest.mark.parametrize(
     ("content", "code", "words"),
     # a missing file: the code and words pack and inspect use for a missing input (issue 13)
-    [(None, 2, "no such file: "), ("version = = 3", 65, "is not valid TOML")],
+    [(None, 2, ": no such file or directory"), ("version = = 3", 65, "is not valid TOML")],
 )
 def test_cli_check_unreadable_or_invalid_file(
     tmp_path: Path, content: str | None, code: int, words: str

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stream_processor import PROG, log
+from stream_processor import PROG, log, mediatypes
 from stream_processor import containerd_config as cc
 from stream_processor.errors import ProcessorError, UsageError
 
@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--routes",
         metavar="LIST",
         help="comma-separated media types to accept: "
-        f"{', '.join(cc.ROUTE_NAMES)} or full media type strings (default: what the version "
-        "sends EROFS layers as)",
+        f"{', '.join(mediatypes.SHORT_NAMES)} or full media type strings "
+        "(default: what the version sends EROFS layers as)",
     )
     parser.add_argument(
         "--path",
