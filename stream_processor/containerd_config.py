@@ -45,6 +45,9 @@ EROFS_FEATURE_SUFFIX = "(+erofs)"  # platforms.FormatAll's spelling of the OS fe
 # node (docs/containerd.md, "max_concurrent_unpacks").
 MAX_CONCURRENT_UNPACKS = 2
 
+# Present when the kernel has dm-verity (module or built in): containerd's own check.
+DM_VERITY_MODULE = Path("/sys/module/dm_verity")
+
 STOCK = "stock"
 PR12506 = "pr12506"
 DIFFERS = (STOCK, PR12506)
@@ -810,6 +813,7 @@ def _check_erofs_plugins(config: Mapping[str, Any], report: CheckReport) -> None
     else:
         report.add(OK, f"the diff service tries the erofs differ first ({default})")
     _check_unpack_config(_table(plugins, TRANSFER), report)
+    _check_dmverity(_table(plugins, EROFS_DIFFER), report)
     cri = _table(plugins, CRI_IMAGES).get("snapshotter")
     if cri != "erofs":
         report.add(
@@ -819,6 +823,19 @@ def _check_erofs_plugins(config: Mapping[str, Any], report: CheckReport) -> None
         )
     else:
         report.add(OK, "CRI pulls use the erofs snapshotter")
+
+
+def _check_dmverity(differ: Mapping[str, Any], report: CheckReport) -> None:
+    """The 2.3 erofs differ's ``enable_dmverity`` needs the kernel's dm-verity: without it
+    the differ fails to load (docs/containerd.md, "The erofs differ's own dm-verity")."""
+    if differ.get("enable_dmverity") is True and not DM_VERITY_MODULE.exists():
+        report.add(
+            WARNING,
+            f'[plugins."{EROFS_DIFFER}"] enable_dmverity = true, but this kernel has no '
+            f"dm_verity ({DM_VERITY_MODULE} is missing): containerd 2.3 then fails to load the "
+            'erofs differ ("dm-verity support check failed"), and with it the diff and '
+            "transfer services",
+        )
 
 
 def _check_unpack_config(transfer: Mapping[str, Any], report: CheckReport) -> None:

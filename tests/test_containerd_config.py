@@ -373,6 +373,25 @@ def test_check_warns_about_sequential_unpacks(tmp_path: Path) -> None:
     assert any("max_concurrent_unpacks is 1" in f.message for f in report.findings)
 
 
+@pytest.mark.parametrize("kernel_has_it", [False, True])
+def test_check_warns_about_enable_dmverity_without_dm_verity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_has_it: bool
+) -> None:
+    """Observed on 2.3.4 here (no dm_verity): the erofs differ fails to load with it set."""
+    module = tmp_path / "dm_verity"
+    if kernel_has_it:
+        module.mkdir()
+    monkeypatch.setattr(cc, "DM_VERITY_MODULE", module)
+    config = _good(tmp_path)
+    config["plugins"][cc.EROFS_DIFFER] = {"enable_dmverity": True}
+    report = cc.check_config(config, cc.profile_for("2.3"))
+    assert report.problems == []
+    warned = [f.message for f in report.findings if "enable_dmverity" in f.message]
+    assert len(warned) == (0 if kernel_has_it else 1), warned
+    if warned:
+        assert "dm-verity support check failed" in warned[0], warned
+
+
 def test_erofs_platform_spelling() -> None:
     """containerd's platforms.FormatAll spelling, which its unpack_config parser reads."""
     assert cc.erofs_platform("linux/amd64") == "linux(+erofs)/amd64"
