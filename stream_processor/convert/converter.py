@@ -60,8 +60,9 @@ from stream_processor.convert.oci import (
     open_layout,
     write_archive,
 )
-from stream_processor.convert.progress import REFRESH_S, Progress, human
+from stream_processor.convert.progress import REFRESH_S, Progress
 from stream_processor.errors import DataError, Terminated, UsageError
+from stream_processor.sizes import human
 
 EROFS_FEATURE = "erofs"
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}

@@ -15,19 +15,9 @@ import time
 from typing import TextIO
 
 from stream_processor.convert.layers import LayerReport
+from stream_processor.sizes import human
 
 REFRESH_S = 0.5
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def short(digest: str) -> str:
