@@ -112,16 +112,24 @@ class ConvertReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        tar = sum(layer["tar_size"] or 0 for layer in self.layers)
-        erofs = sum(layer["erofs_size"] for layer in self.layers)
+        """One line: what was rebuilt from tar and what was re-wrapped, sizes with units."""
+        rebuilt = [layer for layer in self.layers if layer["tar_size"] is not None]
+        rewrapped = [layer for layer in self.layers if layer["tar_size"] is None]
+        parts = []
+        if rebuilt:
+            tar = sum(layer["tar_size"] for layer in rebuilt)
+            erofs = sum(layer["erofs_size"] for layer in rebuilt)
+            parts.append(f"{len(rebuilt)} rebuilt from tar {human(tar)} -> erofs {human(erofs)}")
+        if rewrapped:
+            erofs = sum(layer["erofs_size"] for layer in rewrapped)
+            parts.append(f"{len(rewrapped)} EROFS re-wrapped (erofs {human(erofs)})")
         wrapped = sum(layer["wrapped_size"] for layer in self.layers)
         erofs_manifests = sum(1 for m in self.manifests if m.get("kind") == "erofs")
         shape = self.shape + (f" ({', '.join(self.os_features)})" if self.os_features else "")
         return (
             f"converted {len(self.layers)} layer(s) in {erofs_manifests} manifest(s), "
-            f"{shape} index: "
-            f"tar {human(tar)} -> erofs {human(erofs)} -> {self.compression} {human(wrapped)} "
-            f"in {self.seconds:.2f} s -> {self.destination}"
+            f"{shape} index: {', '.join(parts) or 'no layers'} -> {self.compression} "
+            f"{human(wrapped)} in {self.seconds:.2f} s -> {self.destination}"
         )
 
 
@@ -476,7 +484,10 @@ def _worker_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _worker_init() -> None:
     signal.signal(signal.SIGTERM, _worker_sigterm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops us with SIGTERM
+    # The parent decides (it stops us with SIGTERM); a terminal's hangup or Ctrl-C reaches
+    # the whole process group, and these would otherwise be the parent's handlers, inherited.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _worker(

@@ -342,6 +342,11 @@ def _from_tar(
     return pack, tar_size, stats.entries
 
 
+def about(what: str, message: str) -> str:
+    """``message`` prefixed with ``what``, unless it already names it (no digest said twice)."""
+    return message if message.startswith(what) else f"{what}: {message}"
+
+
 def _read_tar(
     layout: Layout,
     desc: Json,
@@ -360,7 +365,7 @@ def _read_tar(
         try:
             stats = builder(io.BufferedReader(tar, READ_SIZE))
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
         tar.drain()
         while blob.read(READ_SIZE):  # anything after the compressed stream still counts
             pass
@@ -400,7 +405,7 @@ def _rewrap(
         try:
             pack = _pack(io.BufferedReader(image, READ_SIZE), out, settings, threads)
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
         image.drain()  # pack_image reads to the end already; this only makes it explicit
         while source.read(READ_SIZE):  # so the blob's digest is checked
             pass
@@ -408,7 +413,7 @@ def _rewrap(
         try:
             form = seekable.check_table_digest(capture.payload(), str(table_digest))
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
     return pack, form
 
 
