@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are rebuilt with mkfs.erofs, EROFS layers re-wrapped; the result is reproducible."
     )
     parser.add_argument("src", type=Path, help="OCI layout directory or oci-archive tar")
-    parser.add_argument("dst", type=Path, help="new OCI layout directory, or oci-archive tar (--archive, or a name ending in .tar)")
+    parser.add_argument(
+        "dst",
+        type=Path,
+        help="new OCI layout directory, or oci-archive tar (--archive, or a name ending in .tar)",
+    )
     add_compression_arguments(parser, "each EROFS layer is")
     parser.add_argument(
         "--platform",
