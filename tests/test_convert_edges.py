@@ -185,3 +185,26 @@ def test_a_tar_destination_is_an_archive(src: Path, tmp_path: Path) -> None:
     assert run_cli(["convert", str(src), str(named), "--archive"]).returncode == 0
     assert named.is_file()
     shutil.rmtree(plain)
+
+
+def test_live_line_shows_each_phase_and_its_progress() -> None:
+    """convert's live line once showed a frozen read count through the pack phase."""
+    import io
+
+    from stream_processor.convert.layers import PHASE_MKFS, PHASE_PACK, PHASE_READ
+    from stream_processor.convert.progress import Progress
+
+    out = io.StringIO()
+    progress = Progress(out, 1, terminal=True)
+    digest = "sha256:" + "ab" * 32
+    progress.started(digest)
+    progress.phase(digest, PHASE_READ, 0)
+    assert out.getvalue().endswith("converting (0/1 done): abababababab reading tar 0 B")
+    progress.phase(digest, PHASE_MKFS, 0)
+    assert out.getvalue().endswith("abababababab mkfs.erofs")
+    progress.phase(digest, PHASE_PACK, 8 << 20)
+    progress.read(digest, 2 << 20)
+    assert out.getvalue().endswith("abababababab packing 2 MiB of 8 MiB (25%)")
+    quiet = io.StringIO()
+    Progress(quiet, 1, terminal=False).phase(digest, PHASE_PACK, 1)
+    assert quiet.getvalue() == ""

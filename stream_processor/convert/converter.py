@@ -466,7 +466,8 @@ def _all_manifest_rows(
     return rows
 
 
-# Per-layer "bytes read" counters in shared memory, inherited by forked workers.
+# Per-layer progress in shared memory, inherited by forked workers: for layer slot i,
+# [3i] bytes read in the current phase, [3i+1] the phase (layers.PHASES), [3i+2] its total.
 _COUNTERS: Any = None
 _BUSY = False  # in a worker: converting a layer right now
 
@@ -506,12 +507,25 @@ def _worker(
 
     def on_bytes(n: int) -> None:
         if counters is not None:
-            counters[slot] = n
+            counters[3 * slot] = n
+
+    def on_phase(index: int, total: int) -> None:
+        if counters is not None:
+            counters[3 * slot + 1], counters[3 * slot + 2] = index, total
+            counters[3 * slot] = 0
 
     _BUSY = True
     try:
         return convert_layer(
-            layout, desc, diff_id, settings, work_root, blob_dir, threads=threads, on_bytes=on_bytes
+            layout,
+            desc,
+            diff_id,
+            settings,
+            work_root,
+            blob_dir,
+            threads=threads,
+            on_bytes=on_bytes,
+            on_phase=on_phase,
         )
     finally:
         _BUSY = False
@@ -544,6 +558,7 @@ def _convert_layers(
     if workers == 1:
         for digest, desc, diff_id in layers:
             on_bytes = (lambda n, d=digest: progress.read(d, n)) if progress else None
+            on_phase = (lambda i, t, d=digest: progress.phase(d, i, t)) if progress else None
             if progress is not None:
                 progress.started(digest)
             outcome = convert_layer(
@@ -555,6 +570,7 @@ def _convert_layers(
                 writer.blobs,
                 threads=threads,
                 on_bytes=on_bytes,
+                on_phase=on_phase,
             )
             results[digest] = outcome
             if progress is not None:
@@ -562,7 +578,7 @@ def _convert_layers(
         return results
     global _COUNTERS
     ctx = multiprocessing.get_context("fork")
-    _COUNTERS = counters = ctx.Array("q", len(layers), lock=False)
+    _COUNTERS = counters = ctx.Array("q", 3 * len(layers), lock=False)
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
     # Largest first, so the longest layer is not left running alone at the end.
     order = sorted(range(len(layers)), key=lambda i: -int(layers[i][1].get("size", 0)))
@@ -585,8 +601,9 @@ def _convert_layers(
             if progress is not None:
                 for future in pending:
                     slot, digest = slots[future]
-                    if counters[slot]:
-                        progress.read(digest, counters[slot])
+                    progress.phase(digest, counters[3 * slot + 1], counters[3 * slot + 2])
+                    if counters[3 * slot]:
+                        progress.read(digest, counters[3 * slot])
     except BaseException:
         _stop_workers(pool)  # a failed layer or SIGTERM: do not finish the others first
         raise
