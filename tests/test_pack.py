@@ -477,3 +477,18 @@ def test_live_line_only_on_a_terminal(erofs_image: Path, tmp_path: Path) -> None
     quiet = io.StringIO()
     PackProgress(quiet, None, terminal=False).update(1, 1)
     assert quiet.getvalue() == ""
+
+
+def test_stdin_on_a_terminal_is_refused(tmp_path: Path) -> None:
+    """``pack - -o X`` typed at a shell would wait silently for an image: say so instead."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = _cli(["pack", "-", "-o", str(tmp_path / "x")], stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 2
+    assert "refusing to read an image from a terminal" in _one_line(proc.stderr)
+    assert list(tmp_path.iterdir()) == []

@@ -224,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             "--uuid and --timestamp apply to a directory input only "
             f"(mkfs.erofs builds it); {args.input} is an image, packed as it is"
         )
+    if args.input == "-" and sys.stdin.isatty():
+        raise UsageError("refusing to read an image from a terminal; pipe one in or name a file")
     if args.input != "-" and not source.exists():
         raise UsageError(f"{source}: no such file or directory")
     _check_output(args)
