@@ -40,6 +40,7 @@ __all__ = [
     "add_threads_argument",
     "check_level",
     "parse_chunk_size",
+    "parse_jobs",
     "parse_size",
     "parse_threads",
     "unwinds_on_signals",
@@ -76,6 +77,16 @@ def parse_chunk_size(text: str) -> int:
             f"{human(seekable.MAX_CHUNK_SIZE)}"
         )
     return value
+
+
+def parse_jobs(text: str) -> int:
+    """``convert --jobs N``: N >= 1 as for ``--threads``, in the words of layers."""
+    try:
+        return parse_threads(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"layers at once must be 1 or more (default: CPU count): {text!r}"
+        ) from None
 
 
 def add_compression_arguments(parser: argparse.ArgumentParser, what: str) -> None:

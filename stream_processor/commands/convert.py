@@ -12,8 +12,8 @@ from stream_processor.commands._options import (
     add_compression_arguments,
     add_mkfs_argument,
     check_level,
+    parse_jobs,
     parse_size,
-    parse_threads,
     unwinds_on_signals,
 )
 from stream_processor.errors import UsageError
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs",
         "-j",
-        type=parse_threads,
+        type=parse_jobs,
         metavar="N",
         help="layers converted at once, 1 or more (default: CPU count)",
     )
