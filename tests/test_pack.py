@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -491,4 +492,35 @@ def test_stdin_on_a_terminal_is_refused(tmp_path: Path) -> None:
         os.close(master)
     assert proc.returncode == 2
     assert "refusing to read an image from a terminal" in _one_line(proc.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_live_line_on_a_real_terminal(slow_image: Path, tmp_path: Path) -> None:
+    """stderr on a pty: the live line appears while packing (then Ctrl-C stops it cleanly)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    command = ["pack", str(slow_image), "-o", str(tmp_path / "x"), "--level", "19"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_processor", *command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    try:
+        while b"MiB/s" not in seen and b"KiB/s" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 4096)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        os.close(master)
+    assert re.search(rb"\rpacking: read [\d.]+ [KM]iB of 32\.\d MiB \(\d+%\), wrote ", seen), seen
+    assert proc.returncode == 128 + signal.SIGINT
     assert list(tmp_path.iterdir()) == []
