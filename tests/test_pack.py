@@ -521,6 +521,7 @@ def test_live_line_on_a_real_terminal(slow_image: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         os.close(master)
-    assert re.search(rb"\rpacking: read [\d.]+ [KM]iB of 32(\.\d)? MiB \(\d+%\), wrote ", seen), seen
+    live = rb"\rpacking: read [\d.]+ [KM]iB of 32(\.\d)? MiB \(\d+%\), wrote "
+    assert re.search(live, seen), seen
     assert proc.returncode == 128 + signal.SIGINT
     assert list(tmp_path.iterdir()) == []
