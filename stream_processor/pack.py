@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from stream_processor import dmverity, mediatypes, seekable, superblock
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
+from stream_processor.sizes import human
 from stream_processor.validator import describe
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -112,11 +113,63 @@ class PackResult:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
+class PackProgress:
+    """The live line of ``pack`` on a terminal: bytes in, bytes out, rate.
+
+    Redrawn at most every ``REFRESH_S`` seconds, on stderr, and only when
+    ``terminal`` (a pipe or a log file gets nothing but the final summary).
+    """
+
+    REFRESH_S = 0.5
+
+    def __init__(
+        self,
+        stream: TextIO,
+        total: int | None,
+        *,
+        terminal: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._stream = stream
+        self._total = total
+        self._terminal = terminal
+        self._clock = clock
+        self._started = clock()
+        self._last = self._started
+        self.shown = False
+
+    def line(self, bytes_in: int, bytes_out: int) -> str:
+        """The text of the live line for these counts (no redraw)."""
+        elapsed = max(self._clock() - self._started, 1e-9)
+        read = human(bytes_in)
+        if self._total:
+            read += f" of {human(self._total)} ({100 * bytes_in // self._total}%)"
+        return f"packing: read {read}, wrote {human(bytes_out)}, {human(int(bytes_in / elapsed))}/s"
+
+    def update(self, bytes_in: int, bytes_out: int) -> None:
+        if not self._terminal:
+            return
+        now = self._clock()
+        if now - self._last < self.REFRESH_S:
+            return
+        self._last = now
+        self._stream.write("\r" + self.line(bytes_in, bytes_out) + "\x1b[K")
+        self._stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self.shown = False
+
+
 class _HashingWriter:
     """Writes to ``out`` while computing the blob's SHA-256 and size."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, on_write: Callable[[int], None] | None = None) -> None:
         self._out = out
+        self._on_write = on_write
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -127,6 +180,8 @@ class _HashingWriter:
             raise InputOutputError.from_os_error("cannot write the layer", exc) from exc
         self.sha256.update(data)
         self.size += len(data)
+        if self._on_write is not None:
+            self._on_write(self.size)
         return len(data)
 
     def flush(self) -> None:
@@ -333,6 +388,7 @@ def pack_image(
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
     threads: int = 1,
     dm_verity_block_size: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PackResult:
     """Compress the raw EROFS image read from ``image`` into ``out``.
 
@@ -340,11 +396,14 @@ def pack_image(
     ``None`` a plain single-stream layer. gzip and none ignore it.
     ``dm_verity_block_size`` appends the dm-verity frame (chunked zstd only). Raises
     ``DataError`` if the image is not a complete, valid EROFS image (``out``
-    then holds a partial blob the caller should discard).
+    then holds a partial blob the caller should discard). ``on_progress(read,
+    written)`` is called after each write, from the calling thread.
     """
     threads = max(1, threads)
     reader = _ImageReader(image)
-    writer = _HashingWriter(out)
+    writer = _HashingWriter(
+        out, None if on_progress is None else lambda n: on_progress(reader.size, n)
+    )
     annotations: dict[str, str] = {}
     used_chunk: int | None = None
     if dm_verity_block_size is not None:
@@ -386,26 +445,48 @@ def pack_image(
 
 
 def build_image(
-    directory: Path, image_path: Path, *, uuid: str | None = None, timestamp: int | None = 0
-) -> None:
-    """Build an EROFS image of ``directory`` with ``mkfs.erofs``.
+    directory: Path,
+    image_path: Path,
+    *,
+    mkfs: str = "mkfs.erofs",
+    uuid: str | None = None,
+    timestamp: int | None = None,
+) -> str:
+    """Build an EROFS image of ``directory`` with ``mkfs``; return its volume UUID.
 
-    ``timestamp`` (``-T``) fixes the build time and every inode's time, and
-    ``uuid`` (``-U``) the volume UUID, so the same tree gives the same bytes.
+    Reproducible by default: the files' own mtimes are kept (extended inodes),
+    the build time is 0, and the UUID, unless ``uuid`` is given, is derived
+    from the content: ``uuid5(NAMESPACE_URL, "erofs-stream-processor:pack/" +
+    sha256 of the image built with a fixed placeholder UUID)``. ``timestamp``
+    (mkfs.erofs ``-T``) sets the build time and every inode's time instead.
+    ``mkfs`` is found as ``convert`` finds it (``erofsbuild.find_mkfs``).
     """
+    import uuid as uuidlib
+
+    from stream_processor.convert.erofsbuild import find_mkfs, finish_image, mkfs_failed
+
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
-    mkfs = shutil.which("mkfs.erofs")
-    if mkfs is None:
-        raise UsageError("mkfs.erofs is not installed (Debian package erofs-utils)")
-    cmd = [mkfs, "--quiet"]
-    if timestamp is not None:
-        cmd.append(f"-T{timestamp}")
-    if uuid is not None:
-        cmd.append(f"-U{uuid}")
+    tool = find_mkfs(mkfs)
+    cmd = [tool.path, "--quiet", f"-U{uuid or _PLACEHOLDER_UUID}"]
+    cmd.append(f"-T{timestamp}" if timestamp is not None else "-Eforce-inode-extended")
     cmd += [os.fspath(image_path), os.fspath(directory)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
-        detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
-        raise InputOutputError(f"mkfs.erofs failed on {directory}: {detail}")
+        raise mkfs_failed(tool, proc.returncode, proc.stderr or proc.stdout)
+    build_time = timestamp if timestamp is not None else 0
+    if timestamp is None:
+        finish_image(image_path, build_time=build_time)
+    if uuid is not None:
+        return uuid
+    digest = hashlib.sha256()
+    with image_path.open("rb") as image:
+        for piece in iter(lambda: image.read(1 << 20), b""):
+            digest.update(piece)
+    derived = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{UUID_PREFIX}sha256:{digest.hexdigest()}"))
+    finish_image(image_path, build_time=build_time, fs_uuid=derived)
+    return derived
+
+
+UUID_PREFIX = "erofs-stream-processor:pack/"
+_PLACEHOLDER_UUID = "00000000-0000-4000-8000-000000000000"  # replaced by the derived one

@@ -234,9 +234,11 @@ def read_frame_header(src: Source, max_window_size: int) -> FrameHeader:
     if params.dict_id:
         raise DataError(f"zstd: frame at offset {offset} needs dictionary {params.dict_id}")
     if params.window_size > max_window_size:
+        from stream_processor.sizes import human  # only on this error path: start-up stays lean
+
         raise DataError(
-            f"zstd: frame at offset {offset} needs a {params.window_size >> 20} MiB window, "
-            f"more than the {max_window_size >> 20} MiB allowed (--max-window-size)"
+            f"zstd: frame at offset {offset} needs a {human(params.window_size)} window, "
+            f"more than the {human(max_window_size)} allowed (--max-window-size)"
         )
     content_size = (
         None if params.content_size == zstandard.CONTENTSIZE_UNKNOWN else params.content_size

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
-from stream_processor.commands.decode import parse_size
-from stream_processor.errors import Terminated, UsageError
+from stream_processor.commands._options import (
+    add_compression_arguments,
+    add_mkfs_argument,
+    check_level,
+    parse_jobs,
+    parse_size,
+    unwinds_on_signals,
+)
+from stream_processor.errors import UsageError
 from stream_processor.mediatypes import Compression
 
 
@@ -23,20 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are rebuilt with mkfs.erofs, EROFS layers re-wrapped; the result is reproducible."
     )
     parser.add_argument("src", type=Path, help="OCI layout directory or oci-archive tar")
-    parser.add_argument("dst", type=Path, help="new OCI layout directory (or tar with --archive)")
-    parser.add_argument("--compression", choices=[c.value for c in Compression], default="zstd")
-    parser.add_argument("--level", type=int, help="compression level (zstd default 3)")
     parser.add_argument(
-        "--chunk-size",
-        type=parse_size,
-        metavar="SIZE",
-        help="zstd chunk size of the seekable layout (default 4MiB)",
+        "dst",
+        type=Path,
+        help="new OCI layout directory, or oci-archive tar (--archive, or a name ending in .tar)",
     )
-    parser.add_argument(
-        "--no-chunk-table",
-        action="store_true",
-        help="plain single-stream zstd layers instead of the seekable layout",
-    )
+    add_compression_arguments(parser, "each EROFS layer is")
     parser.add_argument(
         "--platform",
         action="append",
@@ -61,12 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "which is marked with the OS feature erofs (implies --os-feature erofs)",
     )
     parser.add_argument(
-        "--jobs", "-j", type=int, default=0, help="layers converted at once (default: CPU count)"
+        "--jobs",
+        "-j",
+        type=parse_jobs,
+        metavar="N",
+        help="layers converted at once, 1 or more (default: CPU count)",
     )
     from stream_processor.pack import add_dm_verity_arguments
 
     add_dm_verity_arguments(parser)
-    parser.add_argument("--archive", action="store_true", help="write DST as an oci-archive tar")
+    parser.add_argument(
+        "--archive",
+        action=argparse.BooleanOptionalAction,
+        help="write DST as an oci-archive tar (the default when DST ends in .tar and is not "
+        "an existing directory); --no-archive: an OCI layout directory, whatever its name",
+    )
     parser.add_argument(
         "--work-dir",
         type=Path,
@@ -86,20 +92,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(erofs-utils >= 1.8, no root needed), 'dir' unpacks them first (erofs-utils 1.5, "
         "needs root); default 'auto': tar when the mkfs.erofs can",
     )
-    parser.add_argument(
-        "--mkfs",
-        default=os.environ.get("EROFS_SP_MKFS") or "mkfs.erofs",
-        metavar="PATH",
-        help="the mkfs.erofs to run (default: $EROFS_SP_MKFS, else mkfs.erofs on PATH)",
-    )
+    add_mkfs_argument(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON report on stdout")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress, no summary")
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
+def wants_archive(dst: Path, archive: bool | None) -> bool:
+    """``--archive``/``--no-archive`` if given; else an archive when DST is named ``*.tar``.
+
+    A user who types ``convert oci image.tar`` means the tar, not a directory
+    with that name; an existing directory of that name is still a layout.
+    """
+    if archive is not None:
+        return archive
+    return dst.suffix == ".tar" and not dst.is_dir()
 
 
+def check_not_inside(src: Path, dst: Path) -> None:
+    """Refuse a DST that is SRC or inside it: converting would write into the source."""
+    source, target = src.resolve(), dst.resolve()
+    if target == source or source in target.parents:
+        raise UsageError(
+            f"the destination {dst} is {'the source' if target == source else 'inside the source'}"
+            f" {src}; write the converted image elsewhere"
+        )
+
+
+@unwinds_on_signals
 def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.converter import ConvertOptions, convert_image
     from stream_processor.convert.layers import LayerSettings
@@ -108,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from stream_processor.pack import chunk_size_option, dm_verity_option
 
     compression = Compression(args.compression)
-    if args.jobs < 0:
-        raise UsageError("--jobs must be 0 (CPU count) or more")
+    check_level(compression, args.level)
+    check_not_inside(args.src, args.dst)
     if args.work_dir is not None and not args.work_dir.is_dir():
         raise UsageError(f"--work-dir {args.work_dir} is not a directory")
     chunk_size = chunk_size_option(compression, args.chunk_size, args.no_chunk_table)
@@ -126,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
         jobs=args.jobs or os.cpu_count() or 1,
         platforms=tuple(args.platform),
-        archive=args.archive,
+        archive=wants_archive(args.dst, args.archive),
         work_dir=args.work_dir,
         os_features=tuple(dict.fromkeys(args.os_features)),
         keep_source=args.keep_source,
     )
     progress = Progress(sys.stderr, 0, terminal=sys.stderr.isatty(), quiet=args.quiet)
-    # SIGTERM unwinds like Ctrl-C, so the staging directory and work files are removed.
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM, SIGHUP and SIGINT unwind (unwinds_on_signals): the staging directory and
+    # work files are removed, and the exit code is 128 + the signal.
     report = convert_image(args.src, args.dst, options, progress)
     if args.json:
         sys.stdout.write(json.dumps(report.as_json(), indent=2) + "\n")

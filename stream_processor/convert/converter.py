@@ -60,8 +60,9 @@ from stream_processor.convert.oci import (
     open_layout,
     write_archive,
 )
-from stream_processor.convert.progress import REFRESH_S, Progress, human
+from stream_processor.convert.progress import REFRESH_S, Progress
 from stream_processor.errors import DataError, Terminated, UsageError
+from stream_processor.sizes import human
 
 EROFS_FEATURE = "erofs"
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
@@ -111,16 +112,24 @@ class ConvertReport:
         return dict(self.__dict__)
 
     def summary(self) -> str:
-        tar = sum(layer["tar_size"] or 0 for layer in self.layers)
-        erofs = sum(layer["erofs_size"] for layer in self.layers)
+        """One line: what was rebuilt from tar and what was re-wrapped, sizes with units."""
+        rebuilt = [layer for layer in self.layers if layer["tar_size"] is not None]
+        rewrapped = [layer for layer in self.layers if layer["tar_size"] is None]
+        parts = []
+        if rebuilt:
+            tar = sum(layer["tar_size"] for layer in rebuilt)
+            erofs = sum(layer["erofs_size"] for layer in rebuilt)
+            parts.append(f"{len(rebuilt)} rebuilt from tar {human(tar)} -> erofs {human(erofs)}")
+        if rewrapped:
+            erofs = sum(layer["erofs_size"] for layer in rewrapped)
+            parts.append(f"{len(rewrapped)} EROFS re-wrapped (erofs {human(erofs)})")
         wrapped = sum(layer["wrapped_size"] for layer in self.layers)
         erofs_manifests = sum(1 for m in self.manifests if m.get("kind") == "erofs")
         shape = self.shape + (f" ({', '.join(self.os_features)})" if self.os_features else "")
         return (
             f"converted {len(self.layers)} layer(s) in {erofs_manifests} manifest(s), "
-            f"{shape} index: "
-            f"tar {human(tar)} -> erofs {human(erofs)} -> {self.compression} {human(wrapped)} "
-            f"in {self.seconds:.2f} s -> {self.destination}"
+            f"{shape} index: {', '.join(parts) or 'no layers'} -> {self.compression} "
+            f"{human(wrapped)} in {self.seconds:.2f} s -> {self.destination}"
         )
 
 
@@ -457,7 +466,8 @@ def _all_manifest_rows(
     return rows
 
 
-# Per-layer "bytes read" counters in shared memory, inherited by forked workers.
+# Per-layer progress in shared memory, inherited by forked workers: for layer slot i,
+# [3i] bytes read in the current phase, [3i+1] the phase (layers.PHASES), [3i+2] its total.
 _COUNTERS: Any = None
 _BUSY = False  # in a worker: converting a layer right now
 
@@ -475,7 +485,10 @@ def _worker_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def _worker_init() -> None:
     signal.signal(signal.SIGTERM, _worker_sigterm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it stops us with SIGTERM
+    # The parent decides (it stops us with SIGTERM); a terminal's hangup or Ctrl-C reaches
+    # the whole process group, and these would otherwise be the parent's handlers, inherited.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _worker(
@@ -494,12 +507,25 @@ def _worker(
 
     def on_bytes(n: int) -> None:
         if counters is not None:
-            counters[slot] = n
+            counters[3 * slot] = n
+
+    def on_phase(index: int, total: int) -> None:
+        if counters is not None:
+            counters[3 * slot + 1], counters[3 * slot + 2] = index, total
+            counters[3 * slot] = 0
 
     _BUSY = True
     try:
         return convert_layer(
-            layout, desc, diff_id, settings, work_root, blob_dir, threads=threads, on_bytes=on_bytes
+            layout,
+            desc,
+            diff_id,
+            settings,
+            work_root,
+            blob_dir,
+            threads=threads,
+            on_bytes=on_bytes,
+            on_phase=on_phase,
         )
     finally:
         _BUSY = False
@@ -532,6 +558,7 @@ def _convert_layers(
     if workers == 1:
         for digest, desc, diff_id in layers:
             on_bytes = (lambda n, d=digest: progress.read(d, n)) if progress else None
+            on_phase = (lambda i, t, d=digest: progress.phase(d, i, t)) if progress else None
             if progress is not None:
                 progress.started(digest)
             outcome = convert_layer(
@@ -543,6 +570,7 @@ def _convert_layers(
                 writer.blobs,
                 threads=threads,
                 on_bytes=on_bytes,
+                on_phase=on_phase,
             )
             results[digest] = outcome
             if progress is not None:
@@ -550,7 +578,7 @@ def _convert_layers(
         return results
     global _COUNTERS
     ctx = multiprocessing.get_context("fork")
-    _COUNTERS = counters = ctx.Array("q", len(layers), lock=False)
+    _COUNTERS = counters = ctx.Array("q", 3 * len(layers), lock=False)
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
     # Largest first, so the longest layer is not left running alone at the end.
     order = sorted(range(len(layers)), key=lambda i: -int(layers[i][1].get("size", 0)))
@@ -573,8 +601,9 @@ def _convert_layers(
             if progress is not None:
                 for future in pending:
                     slot, digest = slots[future]
-                    if counters[slot]:
-                        progress.read(digest, counters[slot])
+                    progress.phase(digest, counters[3 * slot + 1], counters[3 * slot + 2])
+                    if counters[3 * slot]:
+                        progress.read(digest, counters[3 * slot])
     except BaseException:
         _stop_workers(pool)  # a failed layer or SIGTERM: do not finish the others first
         raise

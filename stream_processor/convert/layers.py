@@ -226,8 +226,14 @@ def convert_layer(
     *,
     threads: int = 1,
     on_bytes: Callable[[int], None] | None = None,
+    on_phase: Callable[[int, int], None] | None = None,
 ) -> LayerOutcome:
-    """Convert the layer ``desc``; the new blob is left in ``blob_dir`` (a temporary name)."""
+    """Convert the layer ``desc``; the new blob is left in ``blob_dir`` (a temporary name).
+
+    ``on_bytes(n)`` reports the bytes read in the current phase, ``on_phase(i,
+    total)`` a new phase (an index into ``PHASES``, and its total bytes, 0 if
+    unknown), so a live line can say what a layer is doing.
+    """
     started = time.monotonic()
     media_type = str(desc.get("mediaType", ""))
     kind, compression = classify(media_type)
@@ -252,8 +258,11 @@ def convert_layer(
                     threads,
                     on_bytes,
                     timings,
+                    on_phase,
                 )
             else:
+                if on_phase is not None:
+                    on_phase(PHASE_REWRAP, int(desc.get("size", 0)))
                 pack, source_chunk_digest = _rewrap(
                     layout, desc, compression, settings, out, threads, on_bytes
                 )
@@ -294,6 +303,7 @@ def _from_tar(
     threads: int,
     on_bytes: Callable[[int], None] | None,
     phases: dict[str, float],
+    on_phase: Callable[[int, int], None] | None = None,
 ) -> tuple[PackResult, int, int]:
     """A tar layer through the chosen builder into an image, then wrapped into ``out``.
 
@@ -322,6 +332,8 @@ def _from_tar(
         root.mkdir(mode=0o755)
         return extract_layer(tar, root, max_bytes=settings.max_layer_bytes)
 
+    if on_phase is not None:
+        on_phase(PHASE_READ, 0)
     stats, tar_size, diff_id = _read_tar(
         layout, desc, compression, expected_diff_id, on_bytes, build
     )
@@ -330,16 +342,30 @@ def _from_tar(
             finish_image(image, build_time=settings.build_time, fs_uuid=layer_uuid(diff_id))
     else:
         phases["unpack"] = round(time.monotonic() - started, 3)
+        if on_phase is not None:
+            on_phase(PHASE_MKFS, 0)
         build_from_directory(
             root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time, mkfs=mkfs
         )
         shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
     built = time.monotonic()
+    if on_phase is not None:
+        on_phase(PHASE_PACK, image.stat().st_size)
     with image.open("rb") as raw:
-        pack = _pack(raw, out, settings, threads)
+        pack = _pack(raw, out, settings, threads, on_bytes)
     phases["mkfs"] = round(built - started - phases.get("unpack", 0.0), 3)
     phases["pack"] = round(time.monotonic() - built, 3)
     return pack, tar_size, stats.entries
+
+
+# What a layer is doing, for the live line (``on_phase``): index -> words.
+PHASES = ("reading tar", "mkfs.erofs", "packing", "re-wrapping")
+PHASE_READ, PHASE_MKFS, PHASE_PACK, PHASE_REWRAP = range(len(PHASES))
+
+
+def about(what: str, message: str) -> str:
+    """``message`` prefixed with ``what``, unless it already names it (no digest said twice)."""
+    return message if message.startswith(what) else f"{what}: {message}"
 
 
 def _read_tar(
@@ -360,7 +386,7 @@ def _read_tar(
         try:
             stats = builder(io.BufferedReader(tar, READ_SIZE))
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
         tar.drain()
         while blob.read(READ_SIZE):  # anything after the compressed stream still counts
             pass
@@ -400,7 +426,7 @@ def _rewrap(
         try:
             pack = _pack(io.BufferedReader(image, READ_SIZE), out, settings, threads)
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
         image.drain()  # pack_image reads to the end already; this only makes it explicit
         while source.read(READ_SIZE):  # so the blob's digest is checked
             pass
@@ -408,11 +434,17 @@ def _rewrap(
         try:
             form = seekable.check_table_digest(capture.payload(), str(table_digest))
         except DataError as exc:
-            raise DataError(f"{what}: {exc.message}") from None
+            raise DataError(about(what, exc.message)) from None
     return pack, form
 
 
-def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -> PackResult:
+def _pack(
+    raw: BinaryIO,
+    out: BinaryIO,
+    settings: LayerSettings,
+    threads: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> PackResult:
     chunk = settings.chunk_size if settings.compression is Compression.ZSTD else None
     return pack_image(
         raw,
@@ -422,4 +454,5 @@ def _pack(raw: BinaryIO, out: BinaryIO, settings: LayerSettings, threads: int) -
         chunk_size=chunk,
         threads=threads,
         dm_verity_block_size=settings.dm_verity_block_size,
+        on_progress=None if on_bytes is None else lambda read, _written: on_bytes(read),
     )

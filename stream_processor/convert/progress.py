@@ -14,20 +14,10 @@ import threading
 import time
 from typing import TextIO
 
-from stream_processor.convert.layers import LayerReport
+from stream_processor.convert.layers import PHASE_MKFS, PHASES, LayerReport
+from stream_processor.sizes import human
 
 REFRESH_S = 0.5
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def short(digest: str) -> str:
@@ -43,6 +33,7 @@ class Progress:
         self._terminal = terminal and not quiet
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}
+        self._phases: dict[str, tuple[int, int]] = {}  # digest -> (PHASES index, total bytes)
         self._done = 0
         self._last = 0.0
         self._status_shown = False
@@ -54,6 +45,16 @@ class Progress:
     def started(self, digest: str) -> None:
         with self._lock:
             self._running[digest] = 0
+
+    def phase(self, digest: str, index: int, total: int) -> None:
+        """The layer entered ``PHASES[index]``, of ``total`` bytes (0: unknown)."""
+        if not self._terminal:
+            return
+        with self._lock:
+            if self._phases.get(digest) != (index, total):
+                self._phases[digest] = (index, total)
+                self._running[digest] = 0
+                self._status()  # at once: mkfs.erofs reports no bytes to redraw on
 
     def read(self, digest: str, nbytes: int) -> None:
         if not self._terminal:
@@ -68,6 +69,7 @@ class Progress:
     def finished(self, report: LayerReport) -> None:
         with self._lock:
             self._running.pop(report.source_digest, None)
+            self._phases.pop(report.source_digest, None)
             self._done += 1
             if not self._terminal:
                 return
@@ -91,12 +93,23 @@ class Progress:
         if not self._running:
             self._clear()
             return
-        parts = [f"{short(d)} {human(n)}" for d, n in sorted(self._running.items())]
+        parts = [self._layer_status(d, n) for d, n in sorted(self._running.items())]
         self._stream.write(
             f"\r\x1b[Kconverting ({self._done}/{self._total} done): " + ", ".join(parts)
         )
         self._stream.flush()
         self._status_shown = True
+
+    def _layer_status(self, digest: str, nbytes: int) -> str:
+        """``<digest> packing 3 MiB of 12 MiB (25%)``; ``mkfs.erofs`` alone while it builds."""
+        index, total = self._phases.get(digest, (0, 0))
+        text = f"{short(digest)} {PHASES[index]}"
+        if index == PHASE_MKFS:
+            return text
+        text += f" {human(nbytes)}"
+        if total:
+            text += f" of {human(total)} ({min(100, 100 * nbytes // total)}%)"
+        return text
 
     def _clear(self) -> None:
         if self._status_shown:
