@@ -19,7 +19,7 @@ from stream_processor.commands._options import (
     check_level,
     unwinds_on_signals,
 )
-from stream_processor.errors import InputOutputError, UsageError
+from stream_processor.errors import InputOutputError, UsageError, no_such_file
 from stream_processor.mediatypes import Compression
 from stream_processor.pack import (
     PackProgress,
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if args.input == "-" and sys.stdin.isatty():
         raise UsageError("refusing to read an image from a terminal; pipe one in or name a file")
     if args.input != "-" and not source.exists():
-        raise UsageError(f"{source}: no such file or directory")
+        raise no_such_file(source)
     _check_output(args)
     if args.input == "-":
         result = _pack_stream(sys.stdin.buffer, args, compression)
