@@ -368,9 +368,12 @@ def pull(
     new_files = sorted(daemon.layer_files() - files_before)
     digests = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in new_files]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # ctr's own error line; a log line of its progress stream ("progress stream failed to
+    # recv ... context canceled") may come after it when the pull fails early
+    errors = [line for line in lines if line.startswith("ctr: ")] or lines
     return Pull(
         result.returncode,
-        lines[-1] if lines else "",
+        errors[-1] if errors else "",
         log.count(APPLIED_EROFS),
         log.count(APPLIED_TAR),
         daemon.records()[records_at:],
