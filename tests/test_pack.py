@@ -296,6 +296,41 @@ def _one_line(stderr: bytes) -> str:
     return lines[0]
 
 
+def test_output_that_is_a_fifo_is_written_in_place(erofs_image: Path, tmp_path: Path) -> None:
+    """A device or FIFO (``-o /dev/null``, a pipe) is written to, never renamed over: a
+    temporary renamed onto /dev/null replaced the device node with a regular file."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    proc = run_cli(["pack", str(erofs_image), "-o", str(fifo), "--json"])
+    reader.join(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert fifo.is_fifo()  # still the FIFO, not a file renamed over it
+    record = json.loads(proc.stdout)
+    assert record["digest"] == "sha256:" + hashlib.sha256(got[0]).hexdigest()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary left
+
+
+def test_output_that_is_a_symlink_stays_one(
+    erofs_image: Path, erofs_bytes: bytes, tmp_path: Path
+) -> None:
+    """The file a symlink names is replaced; the link itself is kept."""
+    target = tmp_path / "real" / "layer.zst"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link = tmp_path / "layer.zst"
+    link.symlink_to(target)
+    proc = run_cli(["pack", str(erofs_image), "-o", str(link)])
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and link.resolve() == target
+    assert run_cli([], target.read_bytes()).stdout == erofs_bytes
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".pack-")]
+
+
 @pytest.mark.parametrize("how", ["same-name", "hard-link", "symlink", "stdin", "stdout"])
 def test_output_that_is_the_input_is_refused(how: str, erofs_bytes: bytes, tmp_path: Path) -> None:
     image = tmp_path / "same.erofs"

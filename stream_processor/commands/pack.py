@@ -157,10 +157,16 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
 
     if args.output == "-":
         return pack_to(sys.stdout.buffer)
-    output = Path(args.output)
+    if _is_special(args.output):
+        # A device or FIFO (-o /dev/null, a pipe) is written in place: a file renamed
+        # over it would replace the device node itself.
+        with open(args.output, "wb") as out:
+            return pack_to(out)
+    # A symlink stays a symlink: the file it points to is what gets replaced.
+    output = Path(os.path.realpath(args.output))
     # Write next to the target and rename: a failed pack never leaves a partial blob.
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".pack-", dir=output.parent or Path("."))
+        fd, tmp = tempfile.mkstemp(prefix=".pack-", dir=output.parent)
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot write {output}", exc) from exc
     try:
@@ -172,6 +178,15 @@ def _pack_stream(image: BinaryIO, args: argparse.Namespace, compression: Compres
         os.unlink(tmp)
         raise
     return result
+
+
+def _is_special(path: str) -> bool:
+    """Does ``path`` exist as something other than a regular file or directory?"""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _size_of(image: BinaryIO) -> int | None:
