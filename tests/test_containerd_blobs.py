@@ -213,10 +213,20 @@ def test_any_chunk_size_is_accepted(big_image: bytes, tmp_path: Path, chunk_size
     assert proc.stdout == big_image
 
 
-def test_an_empty_table_parses() -> None:
-    """Uncompressed size 0: no entries, as containerd's numChunks gives."""
-    table = seekable.parse_table(struct.pack("<IIQIBH", 0xCDE4EC67, 1, 0, CHUNK, 1, 0))
+def test_an_empty_table_parses_but_an_empty_blob_is_no_layer(tmp_path: Path) -> None:
+    """Uncompressed size 0: no entries, as containerd's numChunks gives. The table parses;
+    a blob with nothing but it holds no image, and decode says so."""
+    payload = struct.pack("<IIQIBH", 0xCDE4EC67, 1, 0, CHUNK, 1, 0)
+    table = seekable.parse_table(payload)
     assert table.count == 0 and table.uncompressed_size == 0
+    blob = struct.pack("<II", SKIPPABLE, len(payload)) + payload
+    proc = run_cli([], blob)
+    assert proc.returncode == 65 and proc.stdout == b""
+    assert "holds no data frame" in _one_line(proc)
+    path = tmp_path / "empty.blob"
+    path.write_bytes(blob)
+    record = json.loads(run_cli(["inspect", "--json", str(path)]).stdout)
+    assert record["chunk_table"]["chunks"] == 0 and record["exit_code"] == 65
 
 
 # -- dm-verity frames with block sizes above the page size -----------------------------------
