@@ -317,6 +317,8 @@ def test_inspect_shows_and_verifies_the_8k_tree(
     assert v["data_block_size"] == v["hash_block_size"] == VERITY_BLOCK
     assert v["salt"] == "" and v["verified"] is True
     assert v["root_digest"] == "sha512:" + root
+    text = run_cli(["inspect", str(path)]).stdout.decode()
+    assert "(none: salt size 0" in text and "data 8192, hash 8192" in text
 
 
 def test_veritysetup_verifies_the_8k_tree(
