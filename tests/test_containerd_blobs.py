@@ -213,6 +213,16 @@ def test_any_chunk_size_is_accepted(big_image: bytes, tmp_path: Path, chunk_size
     assert proc.stdout == big_image
 
 
+def test_tiny_chunks_meet_the_framing_bomb_rule(big_image: bytes) -> None:
+    """1 KiB chunks: past 4096 frames the frames must average 4 KiB of output, so a ~10 MiB
+    image in 1 KiB chunks is refused (docs/seekable.md, "Chunk sizes the decoder accepts")."""
+    blob, _ = assemble(big_image, 1024, compress_chunks(big_image, 1024))
+    proc = run_cli([], blob)
+    assert proc.returncode == 65
+    assert "refusing a stream of empty or tiny frames" in _one_line(proc)
+    assert len(proc.stdout) < len(big_image)
+
+
 def test_an_empty_table_parses_but_an_empty_blob_is_no_layer(tmp_path: Path) -> None:
     """Uncompressed size 0: no entries, as containerd's numChunks gives. The table parses;
     a blob with nothing but it holds no image, and decode says so."""
