@@ -38,8 +38,15 @@ DEFAULT_HASH = "sha512"
 # The hashes both hashlib and the kernel's dm-verity (crypto API names) know.
 HASH_NAMES = ("sha1", "sha224", "sha256", "sha384", "sha512")
 DEFAULT_BLOCK_SIZE = 4096
-# dm-verity takes powers of two from 512 bytes up to the kernel's page size (4 KiB on x86-64).
+# What ``pack`` writes: the kernel's dm-verity takes powers of two from 512 bytes up to its
+# page size (4 KiB on x86-64), so these mount everywhere.
 BLOCK_SIZES = (512, 1024, 2048, 4096)
+# What the reader accepts: every power of two containerd writes (go-dmverity's
+# IsBlockSizeValid, ``ctr images convert --erofs-dm-verity-block-size``) and
+# ``veritysetup`` formats, 512 bytes to 512 KiB. A layer with blocks above the page
+# size decodes and verifies in user space, even where the kernel cannot mount it.
+MIN_READ_BLOCK_SIZE = 512
+MAX_READ_BLOCK_SIZE = 512 << 10
 SALT_SIZE = 32
 MAX_SALT = 256
 _SALT_CONTEXT = b"erofs-stream-processor dm-verity salt v1\0"
@@ -98,16 +105,21 @@ def parse_superblock(data: bytes) -> Superblock:
     if name not in HASH_NAMES:
         raise DataError(f"dm-verity: unknown hash algorithm {name!r}")
     for what, size in (("data", dbs), ("hash", hbs)):
-        if size not in BLOCK_SIZES:
+        if not readable_block_size(size):
             raise DataError(
-                f"dm-verity: {what} block size {size} is not one of "
-                + ", ".join(map(str, BLOCK_SIZES))
+                f"dm-verity: {what} block size {size} is not a power of two from "
+                f"{MIN_READ_BLOCK_SIZE} to {MAX_READ_BLOCK_SIZE} bytes"
             )
     if salt_size > MAX_SALT:
         raise DataError(f"dm-verity: salt size {salt_size} exceeds {MAX_SALT}")
     if blocks == 0:
         raise DataError("dm-verity: the superblock covers 0 data blocks")
     return Superblock(version, hash_type, uuid, name, dbs, hbs, blocks, salt[:salt_size])
+
+
+def readable_block_size(size: int) -> bool:
+    """True for the block sizes the reader accepts (what containerd writes)."""
+    return MIN_READ_BLOCK_SIZE <= size <= MAX_READ_BLOCK_SIZE and size & (size - 1) == 0
 
 
 def check_block_size(size: int) -> int:
@@ -157,10 +169,15 @@ class TreeBuilder:
     """Level-0 digests of the image as it streams by; the whole tree at ``finish``."""
 
     def __init__(
-        self, salt: bytes, block_size: int = DEFAULT_BLOCK_SIZE, hash_name: str = DEFAULT_HASH
+        self,
+        salt: bytes,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        hash_name: str = DEFAULT_HASH,
+        hash_block_size: int | None = None,  # veritysetup allows it to differ; None: the same
     ) -> None:
         self.salt = salt
         self.block_size = block_size
+        self.hash_block_size = hash_block_size or block_size
         self.hash_name = hash_name
         self._salted = hashlib.new(hash_name, salt)
         self.digest_size = self._salted.digest_size
@@ -209,7 +226,7 @@ class TreeBuilder:
         if self._carry:
             self.level0 += self.hash_blocks(self._carry)
             self._carry = b""
-        return build_tree(bytes(self.level0), self.salt, self.block_size, self.hash_name)
+        return build_tree(bytes(self.level0), self.salt, self.hash_block_size, self.hash_name)
 
 
 def build_tree(
@@ -267,7 +284,7 @@ def verify_tree(sb: Superblock, payload: bytes, image: Iterator[bytes]) -> str:
     Returns the root digest (``sha512:<hex>``) for the caller to compare with
     an annotation.
     """
-    builder = TreeBuilder(sb.salt, sb.data_block_size, sb.hash_name)
+    builder = TreeBuilder(sb.salt, sb.data_block_size, sb.hash_name, sb.hash_block_size)
     for piece in image:
         builder.update(piece)
     check_against_image(sb, len(payload), builder.data_bytes)

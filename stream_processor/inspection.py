@@ -523,7 +523,7 @@ def _verity_rows(result: Inspection) -> list[tuple[str, str]]:
         ("  hash", v["hash"]),
         ("  block sizes", f"data {v['data_block_size']}, hash {v['hash_block_size']}"),
         ("  data blocks", str(v["data_blocks"])),
-        ("  salt", v["salt"]),
+        ("  salt", v["salt"] or "(none: salt size 0, containerd's default)"),
         ("  uuid", v["uuid"]),
         ("  root digest", v["root_digest"] or "(unknown: the tree did not verify)"),
         ("  verifies", status),

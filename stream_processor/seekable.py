@@ -41,8 +41,10 @@ HASH_NONE = 0
 HASH_SHA512 = 1
 HASH_SIZES = {HASH_NONE: 0, HASH_SHA512: 64}
 HASH_NAMES = {HASH_NONE: "none", HASH_SHA512: "sha512"}
+# What ``pack`` writes. The reader accepts any chunk size above 0 and an empty table, as
+# containerd does (docs/seekable.md, "Chunk sizes the decoder accepts").
 MIN_CHUNK_SIZE = 4096
-MAX_CHUNK_SIZE = 64 << 20  # larger "chunks" defeat seeking; also the largest frame hashed
+MAX_CHUNK_SIZE = 64 << 20  # larger chunks defeat seeking
 MAX_TRACKED_FRAMES = 1 << 19  # 2 TiB in 4 MiB chunks; 16 MiB of bookkeeping at most
 TABLE_PAYLOAD_LIMIT = 16 << 20  # 233,000 chunks with SHA-512: ~900 GiB in 4 MiB chunks
 
@@ -251,13 +253,11 @@ def parse_v1(payload: bytes) -> ChunkTable:
         raise DataError(f"chunk table: reserved header field is 0x{reserved:04x}, not zero")
     if algo not in HASH_SIZES:
         raise DataError(f"chunk table: unknown hash algorithm {algo}")
-    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-        raise DataError(
-            f"chunk table: chunk size {chunk_size} is outside "
-            f"{MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
-        )
-    if size == 0:
-        raise DataError("chunk table: uncompressed size is 0")
+    # Any chunk size above 0, and size 0 (no chunks), as containerd's reader: memory stays
+    # bounded by TABLE_PAYLOAD_LIMIT and MAX_TRACKED_FRAMES, and a chunk too large for a
+    # parallel job is streamed serially.
+    if chunk_size == 0:
+        raise DataError("chunk table: chunk size 0 is outside 1..4294967295 bytes")
     entry_size = 8 + HASH_SIZES[algo]
     body = len(payload) - HEADER.size
     count = chunk_count(size, chunk_size)
@@ -281,7 +281,8 @@ def parse_v1(payload: bytes) -> ChunkTable:
         at += entry_size
     starts = array("Q", range(0, size, chunk_size))
     sizes = array("Q", [chunk_size] * count)
-    sizes[-1] = size - starts[-1]
+    if count:
+        sizes[-1] = size - starts[-1]
     return ChunkTable(
         layout="containerd-v1",
         version=version,
@@ -335,9 +336,12 @@ class ChunkTableVerifier:
 
     The table normally follows the frames it describes, so the verifier
     records each frame's offset, end, decompressed size and SHA-512 as they
-    stream by (SHA-512 only for frames that declare a chunk-sized content,
-    so plain single-frame layers do not pay for hashing), and compares
-    everything in ``finish``. ``finish`` runs before the decoder's generator
+    stream by, and compares everything in ``finish``. A frame's decompressed
+    size is what it decoded to, not what its header declares: containerd's
+    encoder writes 4 MiB chunks without a Frame Content Size, and they are
+    chunks all the same (all but the last must decode to exactly the chunk
+    size, the last to the remainder). The SHA-512 covers the compressed frame
+    and needs no content size either. ``finish`` runs before the decoder's generator
     ends, hence before the sink releases the held-back tail: a mismatch
     always leaves stdout short of a complete image.
 
@@ -394,9 +398,9 @@ class ChunkTableVerifier:
 
     # -- FrameObserver -------------------------------------------------------------
     def digest_algorithm(self, content_size: int | None) -> str | None:
-        if not self.hash_frames or content_size is None or content_size > MAX_CHUNK_SIZE:
-            return None
-        return "sha512"
+        # Every frame, whatever it declares: a chunk need not declare its size, and
+        # a frame that is not a chunk fails the table's count or sizes anyway.
+        return "sha512" if self.hash_frames else None
 
     def frame_start(self, index: int, offset: int, content_size: int | None) -> None:
         if index >= MAX_TRACKED_FRAMES:
@@ -515,14 +519,8 @@ class ChunkTableVerifier:
                 "the chunk table's SHA-512s were not checked (--verify-frame-hashes checks them)"
             )
         elif table.digest_size:
-            if 0 in self.hashed:
-                i = self.hashed.index(0)
-                raise DataError(
-                    f"chunk table: chunk {i} (frame at offset {self.offsets[i]}): the frame "
-                    "does not declare a content size of at most the largest chunk, so it is "
-                    "not a chunk"
-                )
-            if self._chain is None or self._chain.digest() != _chain(table):
+            chained = self._chain.digest() if self._chain is not None else _chain(None)
+            if chained != _chain(table):
                 i = _first_digest_difference(self.fingerprints, table)
                 where = f"chunk {i} (frame at offset {self.offsets[i]})" if i >= 0 else "a chunk"
                 raise DataError(
@@ -543,11 +541,12 @@ def _first_difference(a: array[int], b: array[int]) -> int:
     return min(len(a), len(b))
 
 
-def _chain(table: ChunkTable) -> bytes:
-    """SHA-256 over the table's digests in order: what the verifier chains while streaming."""
+def _chain(table: ChunkTable | None) -> bytes:
+    """SHA-256 over the table's digests in order: what the verifier chains while streaming
+    (``None``: over no digests, what an empty stream chains)."""
     import hashlib
 
-    return hashlib.sha256(table.digests).digest()
+    return hashlib.sha256(table.digests if table is not None else b"").digest()
 
 
 def _fingerprint(digest: bytes) -> int:

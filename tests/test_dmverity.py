@@ -1,12 +1,19 @@
 """Seekable layers as containerd's seekable-EROFS code reads them, with dm-verity data.
 
-``containerd_read`` below applies the rules of containerd's reader (PR 12764,
-``internal/erofsutils/seekable``; docs/seekable.md), written from those rules:
-the chunk table is found through the annotation, its payload must match a
-``sha512:`` ``chunk_digest`` (no other form), the payload size must equal
-23 + n x (8 + hash size), frame i spans [offset_i, offset_i+1) (the last ends
-at the table), each frame's SHA-512 must match, and the decoded bytes must
-hash to the diff_id. The dm-verity frame is read at ``dmverity.offset`` and
+``containerd_read`` below applies the rules of containerd's table reader (PR
+12764, ``internal/erofsutils/seekable``: ``ReadChunkTable``, ``FrameBounds``,
+``DecodeErofsFrame``; docs/seekable.md), written from those rules: the chunk
+table is found through the annotation, its payload must match the
+``chunk_digest`` annotation when one is given (only the ``sha512:`` form), the
+header must be sane (a known hash algorithm, chunk size above 0), the payload
+size must equal 23 + n x (8 + hash size), frame i spans [offset_i, offset_i+1)
+(the last ends at the table) and must not be empty, each frame's SHA-512 must
+match, and the decoded bytes must hash to the diff_id. It models those
+functions, not what containerd's differ does when it applies a layer: per the
+fact-check of that PR, the differ decodes the whole blob with ``DecodeErofsAll``
+(one zstd stream, skippable frames skipped) and never reads the table, so a
+layer that fails this reader may still apply there; passing it is the stronger
+claim. The dm-verity frame is read at ``dmverity.offset`` and
 handed to Debian's ``veritysetup``, the tool of the field: ``dump`` must read
 our superblock and ``verify`` must accept image, tree and root digest, and
 refuse a flipped byte in any of them. Mount-time verification needs
@@ -54,14 +61,20 @@ def containerd_read(blob: bytes, annotations: dict[str, str], diff_id: str) -> b
     """The raw image, read frame by frame as containerd's seekable reader reads it."""
     table_offset = int(annotations[seekable.ANNOTATION_TABLE_OFFSET])
     payload = _skippable(blob, table_offset)
-    algo, _, hexdigest = annotations[seekable.ANNOTATION_TABLE_DIGEST].partition(":")
-    if algo != "sha512":
-        raise RefusedByReader(f'unsupported digest algorithm "{algo}" (only sha512 supported)')
-    if hashlib.sha512(payload).hexdigest() != hexdigest:
-        raise RefusedByReader("chunk table integrity check failed")
+    expected = annotations.get(seekable.ANNOTATION_TABLE_DIGEST, "")
+    if expected:  # optional: ReadChunkTable checks the digest only when it is given
+        algo, _, hexdigest = expected.partition(":")
+        if algo != "sha512":
+            raise RefusedByReader(f'unsupported digest algorithm "{algo}" (only sha512 supported)')
+        if hashlib.sha512(payload).hexdigest() != hexdigest:
+            raise RefusedByReader("chunk table integrity check failed")
+    if len(payload) < 23:
+        raise RefusedByReader("failed to read chunk table header")
     magic, version, size, chunk, hash_algo, reserved = struct.unpack_from("<IIQIBH", payload)
     if magic != 0xCDE4EC67 or version != 1 or chunk == 0 or reserved != 0:
         raise RefusedByReader("bad chunk table header")
+    if hash_algo not in (0, 1):
+        raise RefusedByReader(f"unknown chunk table hash algo {hash_algo}")
     hash_size = {0: 0, 1: 64}[hash_algo]
     count = -(-size // chunk)
     if len(payload) != 23 + count * (8 + hash_size):
@@ -75,8 +88,10 @@ def containerd_read(blob: bytes, annotations: dict[str, str], diff_id: str) -> b
     dctx = zstandard.ZstdDecompressor()
     for i, (start, checksum) in enumerate(entries):
         end = entries[i + 1][0] if i + 1 < count else table_offset
-        if start > table_offset or end > table_offset or end <= start:
+        if start > table_offset or end > table_offset:  # FrameBounds
             raise RefusedByReader(f"chunk {i} out of bounds")
+        if end <= start:  # DecodeErofsFrame
+            raise RefusedByReader(f"chunk {i}: invalid frame bounds [{start}, {end})")
         frame = blob[start:end]
         if checksum and hashlib.sha512(frame).digest() != checksum:
             raise RefusedByReader("frame checksum mismatch (SHA-512)")
@@ -143,6 +158,21 @@ def test_the_reader_refuses_the_old_sha256_form(
     assert seekable.check_table_digest(payload, annotations[seekable.ANNOTATION_TABLE_DIGEST]) == (
         "sha256"
     )
+
+
+def test_the_reader_checks_the_digest_only_when_given(layer: tuple[bytes, Any]) -> None:
+    """containerd's ``chunk_digest`` is optional; without it an unknown hash algorithm in
+    the header is still refused (as the reader's error, not a crash of the model)."""
+    blob, record = layer
+    diff_id = _json_field(record, "diff_id", "diffID")
+    annotations = dict(record["annotations"])
+    del annotations[seekable.ANNOTATION_TABLE_DIGEST]
+    containerd_read(blob, annotations, diff_id)
+    at = int(annotations[seekable.ANNOTATION_TABLE_OFFSET]) + 8 + 20  # the hash algo byte
+    forged = bytearray(blob)
+    forged[at] = 2
+    with pytest.raises(RefusedByReader, match="unknown chunk table hash algo 2"):
+        containerd_read(bytes(forged), annotations, diff_id)
 
 
 def test_veritysetup_dump_and_verify(
