@@ -40,10 +40,13 @@ from stream_processor.zstd_codec import (
     DEFAULT_MAX_WINDOW,
     FrameHeader,
     FrameObserver,
+    Output,
     ZstdStats,
+    as_bytes,
     decode_frame,
     read_frame_header,
     read_whole_frame,
+    reused_output,
     walk_frames,
 )
 
@@ -164,8 +167,10 @@ class ParallelDecoder:
         observer: FrameObserver | None,
         stats: ZstdStats,
         max_frame: int,
+        out: Output | None = None,  # None: one reused buffer (consume each chunk at once)
     ) -> None:
         self.src = src
+        self.out = out if out is not None else reused_output()
         self.threads = max(1, threads)
         self.max_window_size = max_window_size
         self.observer = observer
@@ -176,7 +181,7 @@ class ParallelDecoder:
         self.pending: deque[_Job] = deque()
         self.pending_bytes = 0  # declared content of the pending frames
 
-    def run(self) -> Iterator[bytes]:
+    def run(self) -> Iterator[bytes | memoryview]:
         try:
             yield from self._frames()
         finally:
@@ -186,7 +191,7 @@ class ParallelDecoder:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def _frames(self) -> Iterator[bytes]:
+    def _frames(self) -> Iterator[bytes | memoryview]:
         src, stats = self.src, self.stats
         dctx: zstandard.ZstdDecompressor | None = None
         for offset in walk_frames(src, self.observer, stats):
@@ -200,7 +205,10 @@ class ParallelDecoder:
             yield from self._drain(0)
             if dctx is None:
                 dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window_size)
-            for chunk in decode_frame(src, dctx, stats.frames, self.max_window_size, self.observer):
+            frame = decode_frame(
+                src, dctx, stats.frames, self.max_window_size, self.observer, self.out
+            )
+            for chunk in frame:
                 stats.out_bytes += len(chunk)
                 yield chunk
             stats.count_frame(offset)
@@ -275,5 +283,30 @@ def decode_zstd_parallel(
 
     Same contract and errors as ``zstd_codec.decode_zstd``.
     """
+    return as_bytes(
+        decode_zstd_parallel_into(
+            src,
+            reused_output(),
+            threads=threads,
+            max_window_size=max_window_size,
+            observer=observer,
+            stats=stats,
+            max_frame=max_frame,
+        )
+    )
+
+
+def decode_zstd_parallel_into(
+    src: Source,
+    out: Output,
+    *,
+    threads: int,
+    max_window_size: int = DEFAULT_MAX_WINDOW,
+    observer: FrameObserver | None = None,
+    stats: ZstdStats | None = None,
+    max_frame: int = MAX_PARALLEL_FRAME,
+) -> Iterator[bytes | memoryview]:
+    """``decode_zstd_parallel``, a streamed frame decompressed into buffers from ``out``
+    (``zstd_codec.decode_zstd_into``); a pooled frame arrives as ``bytes`` of its own."""
     stats = stats if stats is not None else ZstdStats()
-    return ParallelDecoder(src, threads, max_window_size, observer, stats, max_frame).run()
+    return ParallelDecoder(src, threads, max_window_size, observer, stats, max_frame, out).run()

@@ -11,6 +11,14 @@ decompression (libzstd and ISA-L release the GIL) goes on while a write
 waits for the reader: containerd's reader and the decoder then overlap
 instead of taking turns. At most ``WRITER_DEPTH`` batches are in flight, and
 a write error stops the decode at its next batch.
+
+A decoder that can decompress into a buffer it is lent (the streaming zstd
+path) asks ``buffer`` for one: a region of the sink's own ``RING`` (1 MiB),
+so the same memory is filled, held back and written over and over while it
+stays in the CPU's cache, as ``zstd -dc`` reuses one 128 KiB buffer. Bytes
+in the ring are written by the calling thread, ``RING_BATCH`` at a time:
+the ring is reused only for what has reached stdout, with no hand-over
+between threads.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from stream_processor.errors import InputOutputError, ReaderGone
 
 DEFAULT_HOLD = 256 * 1024  # >= the largest EROFS block (64 KiB) and a tar end-of-archive
 DEFAULT_BATCH = 1 << 20
+RING = 1 << 20  # > hold + RING_BATCH + a decoder's step (128 KiB): room to lend a step
+RING_BATCH = 256 * 1024
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _IOV_MAX = 1024
@@ -58,6 +68,12 @@ class _BackgroundWriter:
                     self._write(batch)
                 except BaseException as exc:
                     self.error = exc
+            self._queue.task_done()
+
+    def wait_idle(self) -> None:
+        """Wait until every submitted batch is written (the thread keeps running)."""
+        self._queue.join()
+        self._check()
 
     def submit(self, batch: Batch) -> None:
         self._check()
@@ -106,17 +122,64 @@ class HoldbackSink:
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self.written = 0
+        self.received = 0  # bytes accepted by ``write`` so far
+        self._ring: bytearray | None = None  # allocated by the first ``buffer`` call
+        self._ring_view = memoryview(b"")
+        self._ring_end = 0  # where the queued ring bytes end
+        self._lent = -1  # where the region last lent by ``buffer`` starts (-1: none)
+        self._ring_spans: deque[tuple[int, int]] = deque()  # queued ring bytes: (start, end)
+
+    def buffer(self, size: int) -> memoryview:
+        """A writable region of up to ``size`` bytes for the next output: ``write`` the
+        filled part of it (``region[:n]``, nothing else) to queue it without a copy.
+
+        The region is valid until the next ``buffer`` or ``write`` call; a region
+        never written is simply lent again. When the ring has no room (its bytes
+        are all held back or queued), a new buffer is lent instead, and written
+        like any other bytes.
+        """
+        if self._ring is None:
+            self._ring = bytearray(RING)
+            self._ring_view = memoryview(self._ring)
+        self._lent = -1
+        spans = self._ring_spans
+        if not spans:
+            self._ring_end = 0
+            return self._lend(0, RING, size)
+        first, end = spans[0][0], self._ring_end
+        if end > first:  # the queued bytes lie in [first, end): room after them, or at 0
+            if RING - end >= min(size, RING // 8) or first == 0:
+                return self._lend(end, RING, size)
+            end = 0
+        return self._lend(end, first, size)
+
+    def _lend(self, start: int, limit: int, size: int) -> memoryview:
+        """Lend ``[start, min(start + size, limit))`` of the ring, or a new buffer if empty."""
+        if start >= limit:
+            return memoryview(bytearray(size))
+        self._lent = start
+        return self._ring_view[start : min(start + size, limit)]
 
     def write(self, chunk: bytes | memoryview) -> None:
         if not chunk:
             return
+        if isinstance(chunk, memoryview) and chunk.obj is self._ring and self._ring is not None:
+            if self._lent < 0:  # not from the region just lent: never queue reusable memory
+                chunk = bytes(chunk)
+            else:
+                self._ring_end = self._lent + len(chunk)
+                self._ring_spans.append((self._lent, self._ring_end))
+                self._lent = -1
+        self.received += len(chunk)
         self._queue.append(chunk)
         self._queued += len(chunk)
-        if self._queued - self._hold >= self._batch:
+        batch = RING_BATCH if self._ring_spans else self._batch
+        if self._queued - self._hold >= batch:
             self._drain(self._hold)
 
     def release(self) -> None:
         """Every check passed: write everything still held, and wait until it is written."""
+        self._lent = -1
         self._drain(0)
         if self._writer is not None:
             self._writer.close()
@@ -124,6 +187,7 @@ class HoldbackSink:
     def abort(self, timeout: float = 1.0) -> None:
         """The decode failed: write nothing more (see ``_BackgroundWriter.abort``)."""
         self._queue.clear()
+        self._ring_spans.clear()
         self._queued = 0
         if self._writer is not None:
             self._writer.abort(timeout)
@@ -131,11 +195,23 @@ class HoldbackSink:
     def _drain(self, keep: int) -> None:
         queue = self._queue
         batch: Batch = []
+        in_ring = 0
         while queue and self._queued - len(queue[0]) >= keep:
             chunk = queue.popleft()
             self._queued -= len(chunk)
             batch.append(chunk)
+            if isinstance(chunk, memoryview) and chunk.obj is self._ring:
+                in_ring += 1
         if not batch:
+            return
+        if in_ring:
+            # Ring bytes are written here, so the ring is reused only for what reached
+            # stdout; whatever the writer thread still has goes first.
+            if self._writer is not None:
+                self._writer.wait_idle()
+            self._write_all(batch)
+            for _ in range(in_ring):
+                self._ring_spans.popleft()
             return
         if self._writer is None and self._background and keep:
             # Started by the first batch before the end: a layer that fits in the
