@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,20 +102,56 @@ def _pattern(size: int) -> bytes:
     return b"".join(i.to_bytes(4, "little") for i in range(size // 4))
 
 
+@pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("step", [1000, 128 * 1024, 200_000])
-def test_ring_keeps_bytes_order_and_tail(tmp_path: Path, step: int) -> None:
+def test_ring_keeps_bytes_order_and_tail(tmp_path: Path, step: int, background: bool) -> None:
     """Regions of the ring are lent, held back, written and lent again: the output is the
     input, and before release nothing of the last ``hold`` bytes has been written."""
     out = tmp_path / "out"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
-    sink = HoldbackSink(fd, background=True)
+    sink = HoldbackSink(fd, background=background)
     data = _pattern(5 << 20)
     _lend_and_fill(sink, data, step)
+    deadline = time.monotonic() + 10
+    while sink._ring_in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)  # let the writer thread write what it was handed
     assert 0 < out.stat().st_size <= len(data) - DEFAULT_HOLD
-    assert sink._ring is not None and sink._writer is None  # ring bytes: written right here
+    assert sink._ring is not None and (sink._writer is not None) == background
     sink.release()
     os.close(fd)
     assert out.read_bytes() == data and sink.written == len(data) == sink.received
+
+
+def test_ring_waits_for_a_slow_reader(tmp_path: Path) -> None:
+    """A reader slower than the decoder: the ring fills with bytes the writer thread has
+    not written yet, and ``buffer`` waits for them instead of lending them again."""
+    r, w = os.pipe()
+    received = bytearray()
+
+    def slow_reader() -> None:
+        while piece := os.read(r, 64 * 1024):
+            received.extend(piece)
+            time.sleep(0.001)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    sink = HoldbackSink(w, background=True)
+    data = _pattern(8 << 20)
+    waits = 0
+    real_wait = sink._ring_room.wait
+
+    def counting_wait(timeout: float | None = None) -> bool:
+        nonlocal waits
+        waits += 1
+        return real_wait(timeout)
+
+    sink._ring_room.wait = counting_wait  # type: ignore[method-assign]
+    _lend_and_fill(sink, data, 128 * 1024)
+    sink.release()
+    os.close(w)
+    reader.join()
+    os.close(r)
+    assert bytes(received) == data and waits > 0
 
 
 def test_a_region_lent_again_before_it_was_written_is_reused(tmp_path: Path) -> None:
