@@ -375,16 +375,18 @@ def read_whole_frame(src: Source, header: FrameHeader, limit: int) -> bytearray:
 
 class _FrameInput:
     """The frame's pieces (``frame_blocks``) as the ``read`` that ``stream_reader`` calls,
-    hashed on the way when asked, then ``_END_PROBE``, then end of input.
+    hashed on the way when asked, then ``_end_probe()``, then end of input.
 
     python-zstandard's reader does not tell whether libzstd reached the end of
     the frame (``decompressobj().eof`` did). The probe makes libzstd say it:
     right after a frame that libzstd saw end it is an empty skippable frame,
-    skipped without output; if libzstd were still inside the frame (a block or
-    the checksum not finished where the walk said the frame ends) every way of
-    reading it is an error: its first three bytes as a block header declare a
-    block too large, its payload of 0xFF bytes a reserved block type or a bad
-    frame magic, and it is longer than any block libzstd could be waiting for.
+    skipped without output. If libzstd were still inside the frame (a block or
+    the checksum not finished where the walk said the frame ends), it ends in
+    an error wherever it is: read as block headers the probe's bytes declare
+    blocks too large or of the reserved type (0xFF...), read as a checksum
+    they do not match, and the payload is longer than any block libzstd could
+    be waiting for. The one block of garbage it may regenerate before the
+    error is smaller than the held-back tail (``sink.DEFAULT_HOLD``).
     """
 
     def __init__(self, pieces: Iterator[memoryview], hasher: _Hasher | None) -> None:
