@@ -18,7 +18,13 @@ from stream_processor.mediatypes import Compression, Payload
 from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
-from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
+from stream_processor.zstd_codec import (
+    DEFAULT_MAX_WINDOW,
+    Output,
+    ZstdStats,
+    as_bytes,
+    decode_zstd_into,
+)
 
 if TYPE_CHECKING:
     from stream_processor.seekable import ChunkTableVerifier
@@ -92,9 +98,12 @@ def _check_compression(route: mediatypes.Route, found: Compression, head: bytes)
     raise DataError(f"media type {route.media_type} says {declared.value}, but the data is {what}")
 
 
-def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterator[bytes]:
+def _chunks(
+    src: Source, result: DecodeResult, options: DecodeOptions, out: Output
+) -> Iterator[bytes | memoryview]:
     """The codec for the stream: zstd gets the chunk-table verifier, and with
-    ``threads > 1`` the parallel frame decoder (imported only then)."""
+    ``threads > 1`` the parallel frame decoder (imported only then); a streamed
+    zstd frame is decompressed into buffers from ``out``."""
     assert result.compression is not None
     if result.compression is not Compression.ZSTD:
         return codecs.decoder(result.compression, src, max_window_size=options.max_window_size)
@@ -106,29 +115,31 @@ def _chunks(src: Source, result: DecodeResult, options: DecodeOptions) -> Iterat
 
         spool = ImageSpool()
     observer = ChunkTableVerifier(result.notes, spool, hash_frames=options.verify_frame_hashes)
-    chunks = _zstd_chunks(src, result, options, observer)
-    return spool.tee(chunks) if spool is not None else chunks
+    chunks = _zstd_chunks(src, result, options, observer, out)
+    # The spool is a file: copies cost nothing next to it, and it needs bytes.
+    return spool.tee(as_bytes(chunks)) if spool is not None else chunks
 
 
 def _zstd_chunks(
-    src: Source, result: DecodeResult, options: DecodeOptions, observer: ChunkTableVerifier
-) -> Iterator[bytes]:
+    src: Source,
+    result: DecodeResult,
+    options: DecodeOptions,
+    observer: ChunkTableVerifier,
+    out: Output,
+) -> Iterator[bytes | memoryview]:
     if options.threads > 1:
-        from stream_processor.parallel_zstd import decode_zstd_parallel
+        from stream_processor.parallel_zstd import decode_zstd_parallel_into
 
-        return decode_zstd_parallel(
+        return decode_zstd_parallel_into(
             src,
+            out,
             threads=options.threads,
             max_window_size=options.max_window_size,
             observer=observer,
             stats=result.zstd,
         )
-    return codecs.decoder(
-        Compression.ZSTD,
-        src,
-        max_window_size=options.max_window_size,
-        observer=observer,
-        zstd_stats=result.zstd,
+    return decode_zstd_into(
+        src, out, max_window_size=options.max_window_size, observer=observer, stats=result.zstd
     )
 
 
@@ -157,7 +168,11 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     gate = ImageGate(sink, payload, options.max_output_bytes)
     tune_at = TUNE_MALLOC_AFTER if options.tune_malloc else -1
     try:
-        for chunk in _chunks(src, result, options):
+        for chunk in _chunks(src, result, options, sink.buffer):
+            if not sink.received:
+                # Until it has judged the image's first bytes the gate keeps them, and a
+                # chunk decompressed into the sink's ring is lent memory: keep a copy.
+                chunk = bytes(chunk)
             gate.feed(chunk)
             if 0 <= tune_at < gate.size:
                 from stream_processor.parallel_zstd import tune_malloc

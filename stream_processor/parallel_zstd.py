@@ -30,7 +30,6 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import zstandard
 
@@ -40,15 +39,15 @@ from stream_processor.zstd_codec import (
     DEFAULT_MAX_WINDOW,
     FrameHeader,
     FrameObserver,
+    Output,
     ZstdStats,
+    as_bytes,
     decode_frame,
     read_frame_header,
     read_whole_frame,
+    reused_output,
     walk_frames,
 )
-
-if TYPE_CHECKING:  # concurrent.futures costs ~6 ms to import: only when a pool starts
-    from concurrent.futures import Future, ThreadPoolExecutor
 
 MAX_PARALLEL_FRAME = 16 << 20  # frames declaring more are streamed: bounds memory per thread
 # Declared output of all frames in flight, whatever --threads says: the default
@@ -103,7 +102,7 @@ def tune_malloc() -> None:
 
 
 class _Job:
-    """One pooled frame: its bytes, where it was, and the worker's future result."""
+    """One pooled frame: its bytes, where it was, and the worker's result once ``done``."""
 
     def __init__(
         self,
@@ -120,7 +119,60 @@ class _Job:
         self.content_size = content_size
         self.data = data
         self.algorithm = algorithm
-        self.future: Future[tuple[bytes, bytes | None]] | None = None
+        self.submitted = False
+        self.cancelled = False
+        self.done = threading.Event()
+        self.result: tuple[bytes, bytes | None] | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> tuple[bytes, bytes | None]:
+        """Wait for the worker; its result, or its exception raised here."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class _Pool:
+    """``threads`` daemon threads decoding submitted jobs, first in first out.
+
+    Not ``concurrent.futures``: importing it (with the ``logging`` it pulls in)
+    cost 6-14 ms of every multi-frame layer's start-up here, for a submit, a
+    result and a shutdown. A cancelled job is skipped; ``shutdown`` lets each
+    thread finish the frame in hand (milliseconds) and waits for it.
+    """
+
+    def __init__(self, threads: int, worker: _Worker) -> None:
+        from queue import Queue  # already loaded by the sink's writer thread
+
+        self._worker = worker
+        self._jobs: Queue[_Job | None] = Queue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"zstd_{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if not job.cancelled:
+                try:
+                    job.result = self._worker(job)
+                except BaseException as exc:
+                    job.error = exc
+            job.done.set()
+
+    def submit(self, job: _Job) -> None:
+        job.submitted = True
+        self._jobs.put(job)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
 
 
 class _Worker:
@@ -164,29 +216,30 @@ class ParallelDecoder:
         observer: FrameObserver | None,
         stats: ZstdStats,
         max_frame: int,
+        out: Output | None = None,  # None: one reused buffer (consume each chunk at once)
     ) -> None:
         self.src = src
+        self.out = out if out is not None else reused_output()
         self.threads = max(1, threads)
         self.max_window_size = max_window_size
         self.observer = observer
         self.stats = stats
         self.max_frame = max_frame
         self.worker = _Worker(max_window_size)
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: _Pool | None = None
         self.pending: deque[_Job] = deque()
         self.pending_bytes = 0  # declared content of the pending frames
 
-    def run(self) -> Iterator[bytes]:
+    def run(self) -> Iterator[bytes | memoryview]:
         try:
             yield from self._frames()
         finally:
             for job in self.pending:
-                if job.future is not None:
-                    job.future.cancel()
+                job.cancelled = True
             if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool.shutdown()
 
-    def _frames(self) -> Iterator[bytes]:
+    def _frames(self) -> Iterator[bytes | memoryview]:
         src, stats = self.src, self.stats
         dctx: zstandard.ZstdDecompressor | None = None
         for offset in walk_frames(src, self.observer, stats):
@@ -200,7 +253,10 @@ class ParallelDecoder:
             yield from self._drain(0)
             if dctx is None:
                 dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window_size)
-            for chunk in decode_frame(src, dctx, stats.frames, self.max_window_size, self.observer):
+            frame = decode_frame(
+                src, dctx, stats.frames, self.max_window_size, self.observer, self.out
+            )
+            for chunk in frame:
                 stats.out_bytes += len(chunk)
                 yield chunk
             stats.count_frame(offset)
@@ -234,13 +290,11 @@ class ParallelDecoder:
             yield from self._drain(0)
             return
         if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             tune_malloc()
-            self.pool = ThreadPoolExecutor(self.threads, "zstd")
+            self.pool = _Pool(self.threads, self.worker)
         for waiting in self.pending:
-            if waiting.future is None:
-                waiting.future = self.pool.submit(self.worker, waiting)
+            if not waiting.submitted:
+                self.pool.submit(waiting)
         yield from self._drain(self.threads, IN_FLIGHT_BUDGET)
 
     def _drain(self, keep: int, budget: int = 0) -> Iterator[bytes]:
@@ -250,7 +304,7 @@ class ParallelDecoder:
             budget and self.pending_bytes > budget and len(self.pending) > 1
         ):
             job = self.pending[0]
-            out, digest = job.future.result() if job.future is not None else self.worker(job)
+            out, digest = job.outcome() if job.submitted else self.worker(job)
             self.pending.popleft()
             self.pending_bytes -= job.content_size
             job.data = bytearray()
@@ -275,5 +329,30 @@ def decode_zstd_parallel(
 
     Same contract and errors as ``zstd_codec.decode_zstd``.
     """
+    return as_bytes(
+        decode_zstd_parallel_into(
+            src,
+            reused_output(),
+            threads=threads,
+            max_window_size=max_window_size,
+            observer=observer,
+            stats=stats,
+            max_frame=max_frame,
+        )
+    )
+
+
+def decode_zstd_parallel_into(
+    src: Source,
+    out: Output,
+    *,
+    threads: int,
+    max_window_size: int = DEFAULT_MAX_WINDOW,
+    observer: FrameObserver | None = None,
+    stats: ZstdStats | None = None,
+    max_frame: int = MAX_PARALLEL_FRAME,
+) -> Iterator[bytes | memoryview]:
+    """``decode_zstd_parallel``, a streamed frame decompressed into buffers from ``out``
+    (``zstd_codec.decode_zstd_into``); a pooled frame arrives as ``bytes`` of its own."""
     stats = stats if stats is not None else ZstdStats()
-    return ParallelDecoder(src, threads, max_window_size, observer, stats, max_frame).run()
+    return ParallelDecoder(src, threads, max_window_size, observer, stats, max_frame, out).run()

@@ -11,6 +11,15 @@ decompression (libzstd and ISA-L release the GIL) goes on while a write
 waits for the reader: containerd's reader and the decoder then overlap
 instead of taking turns. At most ``WRITER_DEPTH`` batches are in flight, and
 a write error stops the decode at its next batch.
+
+A decoder that can decompress into a buffer it is lent (the streaming zstd
+path) asks ``buffer`` for one: a region of the sink's own ``RING`` (1 MiB),
+so the same memory is filled, held back and written over and over while it
+stays in the CPU's cache, as ``zstd -dc`` reuses one 128 KiB buffer, instead
+of a fresh buffer per step. Ring bytes go out ``RING_BATCH`` at a time, and
+their region is lent again only once they have reached stdout: when the ring
+is full, ``buffer`` waits for the writer thread as ``zstd -dc`` waits in
+``write``.
 """
 
 from __future__ import annotations
@@ -27,22 +36,25 @@ from stream_processor.errors import InputOutputError, ReaderGone
 
 DEFAULT_HOLD = 256 * 1024  # >= the largest EROFS block (64 KiB) and a tar end-of-archive
 DEFAULT_BATCH = 1 << 20
+RING = 1 << 20  # > hold + RING_BATCH + a decoder's step (128 KiB): room to lend a step
+RING_BATCH = 256 * 1024
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _IOV_MAX = 1024
 WRITER_DEPTH = 4
 
 Batch = list[bytes | memoryview]
+Job = tuple[Batch, int]  # a batch, and how many of its chunks are ring regions
 
 
 class _BackgroundWriter:
     """One thread that writes submitted batches in order; errors surface on the next call."""
 
-    def __init__(self, write: Callable[[Batch], None]) -> None:
+    def __init__(self, write: Callable[[Job], None]) -> None:
         from queue import Queue  # only layers larger than the held-back tail need it
 
         self._write = write
-        self._queue: Queue[Batch | None] = Queue(WRITER_DEPTH)
+        self._queue: Queue[Job | None] = Queue(WRITER_DEPTH)
         self.error: BaseException | None = None
         self._dropping = False  # set by abort: batches still queued are not written
         self._thread = threading.Thread(target=self._run, name="stdout-writer", daemon=True)
@@ -59,9 +71,9 @@ class _BackgroundWriter:
                 except BaseException as exc:
                     self.error = exc
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, job: Job) -> None:
         self._check()
-        self._queue.put(batch)
+        self._queue.put(job)
 
     def close(self) -> None:
         """Wait until every submitted batch is written; raise the first write error."""
@@ -106,17 +118,76 @@ class HoldbackSink:
         self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self.written = 0
+        self.received = 0  # bytes accepted by ``write`` so far
+        self._ring: bytearray | None = None  # allocated by the first ``buffer`` call
+        self._ring_view = memoryview(b"")
+        self._ring_end = 0  # where the queued ring bytes end
+        self._lent = -1  # where the region last lent by ``buffer`` starts (-1: none)
+        # Ring bytes not yet written, oldest first: (start, end). Freed by whichever
+        # thread wrote them; ``_ring_room`` is notified then.
+        self._ring_spans: deque[tuple[int, int]] = deque()
+        self._ring_room = threading.Condition()
+        self._ring_in_flight = 0  # spans handed to the writer thread, not yet written
+
+    def buffer(self, size: int) -> memoryview:
+        """A writable region of up to ``size`` bytes for the next output: ``write`` the
+        filled part of it (``region[:n]``, nothing else) to queue it without a copy.
+
+        The region is valid until the next ``buffer`` or ``write`` call; a region
+        never written is simply lent again. While the ring is full of bytes the
+        writer thread has yet to write, this waits for it; when it is full of
+        bytes held back here, a new buffer is lent instead (written like any
+        other bytes).
+        """
+        if self._ring is None:
+            self._ring = bytearray(RING)
+            self._ring_view = memoryview(self._ring)
+        self._lent = -1
+        with self._ring_room:
+            while True:
+                start, limit = self._room(size)
+                if start < limit:
+                    self._lent = start
+                    return self._ring_view[start : min(start + size, limit)]
+                writer = self._writer
+                if not self._ring_in_flight or writer is None or writer.error is not None:
+                    return memoryview(bytearray(size))
+                self._ring_room.wait()
+
+    def _room(self, size: int) -> tuple[int, int]:
+        """The free ring region [start, limit) to lend next (empty when the ring is full)."""
+        spans = self._ring_spans
+        if not spans:
+            self._ring_end = 0
+            return 0, RING
+        first, end = spans[0][0], self._ring_end
+        if end > first:  # the queued bytes lie in [first, end): room after them, or at 0
+            if RING - end >= min(size, RING // 8) or first == 0:
+                return end, RING
+            end = 0
+        return end, first
 
     def write(self, chunk: bytes | memoryview) -> None:
         if not chunk:
             return
+        if isinstance(chunk, memoryview) and chunk.obj is self._ring and self._ring is not None:
+            if self._lent < 0:  # not from the region just lent: never queue reusable memory
+                chunk = bytes(chunk)
+            else:
+                with self._ring_room:
+                    self._ring_end = self._lent + len(chunk)
+                    self._ring_spans.append((self._lent, self._ring_end))
+                self._lent = -1
+        self.received += len(chunk)
         self._queue.append(chunk)
         self._queued += len(chunk)
-        if self._queued - self._hold >= self._batch:
+        batch = RING_BATCH if self._ring_spans else self._batch
+        if self._queued - self._hold >= batch:
             self._drain(self._hold)
 
     def release(self) -> None:
         """Every check passed: write everything still held, and wait until it is written."""
+        self._lent = -1
         self._drain(0)
         if self._writer is not None:
             self._writer.close()
@@ -127,24 +198,46 @@ class HoldbackSink:
         self._queued = 0
         if self._writer is not None:
             self._writer.abort(timeout)
+        with self._ring_room:
+            self._ring_spans.clear()
+            self._ring_in_flight = 0
 
     def _drain(self, keep: int) -> None:
         queue = self._queue
         batch: Batch = []
+        in_ring = 0
         while queue and self._queued - len(queue[0]) >= keep:
             chunk = queue.popleft()
             self._queued -= len(chunk)
             batch.append(chunk)
+            if isinstance(chunk, memoryview) and chunk.obj is self._ring:
+                in_ring += 1
         if not batch:
             return
         if self._writer is None and self._background and keep:
             # Started by the first batch before the end: a layer that fits in the
             # held-back tail is written directly at release, with no thread.
-            self._writer = _BackgroundWriter(self._write_all)
+            self._writer = _BackgroundWriter(self._write_job)
         if self._writer is not None:
-            self._writer.submit(batch)
+            with self._ring_room:
+                self._ring_in_flight += in_ring
+            self._writer.submit((batch, in_ring))
         else:
+            self._write_job((batch, in_ring))
+
+    def _write_job(self, job: Job) -> None:
+        """Write a batch; then its ring regions may be lent again."""
+        batch, in_ring = job
+        try:
             self._write_all(batch)
+        finally:
+            if in_ring:
+                with self._ring_room:
+                    for _ in range(min(in_ring, len(self._ring_spans))):
+                        self._ring_spans.popleft()
+                    if self._writer is not None:
+                        self._ring_in_flight = max(0, self._ring_in_flight - in_ring)
+                    self._ring_room.notify_all()
 
     def _write_all(self, batch: Batch) -> None:
         """Write ``batch`` with as few ``writev`` calls as the kernel allows."""

@@ -11,32 +11,61 @@ a time. That buys three things a plain ``stream_reader`` does not give:
 * precise errors: truncated frame, corrupt block, garbage after the last
   frame, each named with its offset.
 
+libzstd decompresses into a buffer the caller lends (``Output``: the
+stdout sink's ring, see ``sink.HoldbackSink.buffer``) through
+python-zstandard's ``stream_reader(...).readinto``, 128 KiB at a time, as
+``zstd -dc`` does: ``decompressobj`` returned each step as a fresh ~1 MiB
+``bytes`` object, whose pages were faulted in and evicted from the cache on
+every step (README "Performance").
+
 Several frames and skippable frames in any order are accepted, as the zstd
 format allows. Content checksums are verified by libzstd itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import zstandard
 
 from stream_processor.errors import DataError
 from stream_processor.source import Source
 
+if TYPE_CHECKING:
+    from typing import IO
+
 ZSTD_MAGIC = 0xFD2FB528
 ZSTD_MAGIC_BYTES = b"\x28\xb5\x2f\xfd"
 SKIPPABLE_MASK = 0xFFFFFFF0
 SKIPPABLE_MAGIC = 0x184D2A50
 BLOCK_MAX = 128 * 1024
-BLOCKS_PER_STEP = 8  # <= 1 MiB of output per decompress call
+BLOCKS_PER_STEP = 8  # whole blocks handed to libzstd per input read
+OUTPUT_STEP = 128 * 1024  # output per ``readinto``: zstd -dc's buffer, stays in the cache
 MAX_FRAME_HEADER = 18
 DEFAULT_MAX_WINDOW = 1 << 27  # what `zstd -d` accepts without --long / --memory
 FRAME_ALLOWANCE = 4096  # frames any stream may hold, whatever its output
 MIN_FRAME_OUTPUT = 4096  # beyond the allowance, the average output a frame must carry
 SKIPPABLE_PAYLOAD_LIMIT = 64 << 20  # payloads an observer asks to read whole
 MAX_RECORDED_OFFSETS = 1 << 16  # ZstdStats lists keep the first ones only: bounded memory
+
+# Where decompressed bytes go: called with a size, returns a writable buffer of at most
+# that many bytes (at least 1); the decoder yields the filled part of it. The buffer may
+# be reused once the yielded view has been consumed (``sink.HoldbackSink.buffer``).
+Output = Callable[[int], memoryview]
+
+
+def reused_output() -> Output:
+    """An ``Output`` lending one buffer again and again (see ``as_bytes``)."""
+    buffer = memoryview(bytearray(OUTPUT_STEP))
+    return lambda size: buffer[:size]
+
+
+def as_bytes(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes]:
+    """Each chunk as ``bytes`` of its own, for callers that keep chunks (or hand them to
+    code that may): a view of a reused buffer is copied, ``bytes`` pass as they are."""
+    for chunk in chunks:
+        yield chunk if isinstance(chunk, bytes) else bytes(chunk)
 
 
 def is_zstd_start(head: bytes | memoryview) -> bool:
@@ -154,10 +183,27 @@ def decode_zstd(
     Raises ``DataError`` for empty input, anything that is not zstd framing,
     truncation, corruption, checksum mismatches and oversized windows.
     """
+    return as_bytes(
+        decode_zstd_into(
+            src, reused_output(), max_window_size=max_window_size, observer=observer, stats=stats
+        )
+    )
+
+
+def decode_zstd_into(
+    src: Source,
+    out: Output,
+    *,
+    max_window_size: int = DEFAULT_MAX_WINDOW,
+    observer: FrameObserver | None = None,
+    stats: ZstdStats | None = None,
+) -> Iterator[memoryview]:
+    """``decode_zstd``, decompressing into buffers from ``out``: each view yielded must
+    be consumed before the next is asked for (the buffer may be lent again)."""
     stats = stats if stats is not None else ZstdStats()
     dctx = zstandard.ZstdDecompressor(max_window_size=max_window_size)
     for offset in walk_frames(src, observer, stats):
-        for chunk in decode_frame(src, dctx, stats.frames, max_window_size, observer):
+        for chunk in decode_frame(src, dctx, stats.frames, max_window_size, observer, out):
             stats.out_bytes += len(chunk)
             yield chunk
         stats.count_frame(offset)
@@ -329,13 +375,68 @@ def read_whole_frame(src: Source, header: FrameHeader, limit: int) -> bytearray:
     return data
 
 
+class _FrameInput:
+    """The frame's pieces (``frame_blocks``) as the ``read`` that ``stream_reader`` calls,
+    hashed on the way when asked, then ``_end_probe()``, then end of input.
+
+    python-zstandard's reader does not tell whether libzstd reached the end of
+    the frame (``decompressobj().eof`` did). The probe makes libzstd say it:
+    right after a frame that libzstd saw end it is an empty skippable frame,
+    skipped without output. If libzstd were still inside the frame (a block or
+    the checksum not finished where the walk said the frame ends), it ends in
+    an error wherever it is: read as block headers the probe's bytes declare
+    blocks too large or of the reserved type (0xFF...), read as a checksum
+    they do not match, and the payload is longer than any block libzstd could
+    be waiting for. The one block of garbage it may regenerate before the
+    error is smaller than the held-back tail (``sink.DEFAULT_HOLD``).
+    """
+
+    def __init__(self, pieces: Iterator[memoryview], hasher: _Hasher | None) -> None:
+        self._pieces = pieces
+        self._hasher = hasher
+        self.probing = False
+
+    def read(self, size: int) -> memoryview | bytes:
+        if self.probing:
+            return b""
+        piece = next(self._pieces, None)
+        if piece is None:
+            self.probing = True
+            return _end_probe()
+        if self._hasher is not None:
+            self._hasher.update(piece)
+        return piece
+
+
+class _Hasher(Protocol):
+    def update(self, data: memoryview, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+_PROBE: list[bytes] = []
+
+
+def _end_probe() -> bytes:
+    """An empty skippable frame whose 0xFF payload outlasts any zstd block (see ``_FrameInput``)."""
+    if not _PROBE:
+        size = BLOCK_MAX + 256
+        _PROBE.append(
+            (SKIPPABLE_MAGIC).to_bytes(4, "little") + size.to_bytes(4, "little") + b"\xff" * size
+        )
+    return _PROBE[0]
+
+
 def decode_frame(
     src: Source,
     dctx: zstandard.ZstdDecompressor,
     index: int,
     max_window_size: int,
     observer: FrameObserver | None,
-) -> Iterator[bytes]:
+    out: Output,
+) -> Iterator[memoryview]:
+    """Decompress the frame at the current position into buffers from ``out``, yielding
+    the filled part of each (the walk of ``frame_blocks`` decides where the frame ends)."""
     header = read_frame_header(src, max_window_size)
     offset, content_size = header.offset, header.content_size
     hasher = None
@@ -346,19 +447,26 @@ def decode_frame(
             import hashlib  # only when a frame is hashed: loading OpenSSL costs every layer ~3 ms
 
             hasher = hashlib.new(algorithm)
-    dobj = dctx.decompressobj()
+    frame_input = _FrameInput(frame_blocks(src, header), hasher)
+    reader = dctx.stream_reader(
+        cast("IO[bytes]", frame_input), read_size=BLOCK_MAX, read_across_frames=False
+    )
     produced = 0
     try:
-        for data in frame_blocks(src, header):
-            if hasher is not None:
-                hasher.update(data)
-            out = dobj.decompress(data)
-            if out:
-                produced += len(out)
-                yield out
+        while True:
+            buffer = out(OUTPUT_STEP)
+            n = reader.readinto(buffer)
+            if not n:
+                break
+            produced += n
+            yield buffer[:n]
     except zstandard.ZstdError as exc:
+        if frame_input.probing:
+            raise DataError(
+                f"zstd: frame at offset {offset} did not end where its blocks said"
+            ) from exc
         raise DataError(f"zstd: corrupt data in frame at offset {offset}: {exc}") from exc
-    if not dobj.eof:
+    if not frame_input.probing:
         raise DataError(f"zstd: frame at offset {offset} did not end where its blocks said")
     if content_size is not None and produced != content_size:
         raise DataError(
