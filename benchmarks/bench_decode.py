@@ -37,6 +37,7 @@ from common import (
     bench_image,
     cached,
     consumer,
+    installed_python,
     peak_rss_mib,
     pipeline_seconds,
     registered_processor,
@@ -185,7 +186,7 @@ def main() -> None:
     info_env = {**reg_env, "EROFS_SP_LOG_FILE": str(log_file), "EROFS_SP_LOG_LEVEL": "info"}
     s, s_cpu = startup_ms(
         {
-            "pass": ([sys.executable, "-c", "pass"], None, {}),
+            "pass": ([str(installed_python()), "-c", "pass"], None, {}),
             "ours": (proc, tiny, reg_env),
             "info": (proc, tiny, info_env),
         },

@@ -15,6 +15,9 @@ OPTIONAL = {"bench_wire.py"}  # minutes at zstd level 19: its own target, make b
 
 
 def main() -> int:
+    from common import installed_python
+
+    installed_python()  # one plain install of this tree for every benchmark (see common.py)
     outputs = []
     failed = 0
     for script in sorted(HERE.glob("bench_*.py")):
