@@ -1,7 +1,8 @@
 """erofs-stream-processor: compressed EROFS layers in, validated raw EROFS images out.
 
 The package is laid out along the data's path: ``source`` (stdin) ->
-``zstd_codec`` / ``gzip_codec`` (chosen by ``compression``) -> ``validator``
+``zstd_codec`` / ``gzip_codec`` (chosen by ``compression``, imported only
+when chosen; ``framing`` holds what both share) -> ``validator``
 (EROFS ``superblock``) -> ``sink`` (stdout). ``decode`` wires them together;
 ``cli`` only parses arguments.
 """

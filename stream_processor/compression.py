@@ -1,13 +1,20 @@
-"""Which compression a stream uses, from its first bytes, and the decoder for it."""
+"""Which compression a stream uses, from its first bytes, and the decoder for it.
+
+Detection reads only the magic numbers (``framing``); a codec module is
+imported when it is chosen, so a gzip layer never loads zstandard.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from stream_processor.gzip_codec import GZIP_MAGIC, decode_gzip
+from stream_processor.framing import GZIP_MAGIC, ZstdStats, is_zstd_start
 from stream_processor.mediatypes import Compression
 from stream_processor.source import READ_SIZE, Source
-from stream_processor.zstd_codec import FrameObserver, ZstdStats, decode_zstd, is_zstd_start
+
+if TYPE_CHECKING:
+    from stream_processor.zstd_codec import FrameObserver
 
 
 def detect(head: bytes | memoryview) -> Compression:
@@ -38,9 +45,13 @@ def decoder(
 ) -> Iterator[bytes]:
     """The decompressed stream of ``src`` for the given compression."""
     if compression is Compression.ZSTD:
+        from stream_processor.zstd_codec import decode_zstd
+
         return decode_zstd(
             src, max_window_size=max_window_size, observer=observer, stats=zstd_stats
         )
     if compression is Compression.GZIP:
+        from stream_processor.gzip_codec import decode_gzip
+
         return decode_gzip(src)
     return copy_raw(src)

@@ -14,20 +14,15 @@ from typing import TYPE_CHECKING
 from stream_processor import compression as codecs
 from stream_processor import mediatypes
 from stream_processor.errors import DataError, ReaderGone, Terminated
+from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.mediatypes import Compression, Payload
 from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
-from stream_processor.zstd_codec import (
-    DEFAULT_MAX_WINDOW,
-    Output,
-    ZstdStats,
-    as_bytes,
-    decode_zstd_into,
-)
 
 if TYPE_CHECKING:
     from stream_processor.seekable import ChunkTableVerifier
+    from stream_processor.zstd_codec import Output
 
 # With ``tune_malloc``, glibc's allocator is tuned (``parallel_zstd.tune_malloc``) once
 # this much output has gone by: every ~1 MiB output chunk was otherwise faulted in afresh
@@ -103,11 +98,13 @@ def _chunks(
 ) -> Iterator[bytes | memoryview]:
     """The codec for the stream: zstd gets the chunk-table verifier, and with
     ``threads > 1`` the parallel frame decoder (imported only then); a streamed
-    zstd frame is decompressed into buffers from ``out``."""
+    zstd frame is decompressed into buffers from ``out``. The zstd modules are
+    imported here, once zstd is chosen: a gzip layer never loads them."""
     assert result.compression is not None
     if result.compression is not Compression.ZSTD:
         return codecs.decoder(result.compression, src, max_window_size=options.max_window_size)
     from stream_processor.seekable import ChunkTableVerifier
+    from stream_processor.zstd_codec import as_bytes
 
     spool = None
     if options.verify_dm_verity:
@@ -138,6 +135,8 @@ def _zstd_chunks(
             observer=observer,
             stats=result.zstd,
         )
+    from stream_processor.zstd_codec import decode_zstd_into
+
     return decode_zstd_into(
         src, out, max_window_size=options.max_window_size, observer=observer, stats=result.zstd
     )

@@ -16,10 +16,9 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any, Protocol, cast
 
 from stream_processor.errors import DataError
+from stream_processor.framing import GZIP_MAGIC, check_frame_budget
 from stream_processor.source import Source
-from stream_processor.zstd_codec import check_frame_budget
 
-GZIP_MAGIC = b"\x1f\x8b"
 IN_STEP = 256 * 1024
 OUT_STEP = 1024 * 1024
 

@@ -27,13 +27,13 @@ from stream_processor import compression as codecs
 from stream_processor import mediatypes, seekable, superblock
 from stream_processor.dmverity import ImageSpool
 from stream_processor.errors import DataError
+from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.gzip_codec import GzipStats, decode_gzip
 from stream_processor.mediatypes import Compression, Payload
 from stream_processor.seekable import ChunkTable, ChunkTableVerifier
 from stream_processor.sink import HoldbackSink
 from stream_processor.source import Source
 from stream_processor.validator import ImageGate, Kind
-from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats
 
 HEAD_KEEP = 64 * 1024  # the largest EROFS block: enough for any superblock and for libmagic
 FRAMES_SHOWN = 16  # the human table lists frames one by one up to this many

@@ -34,13 +34,12 @@ from collections.abc import Iterator
 import zstandard
 
 from stream_processor.errors import DataError
+from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.source import Source
 from stream_processor.zstd_codec import (
-    DEFAULT_MAX_WINDOW,
     FrameHeader,
     FrameObserver,
     Output,
-    ZstdStats,
     as_bytes,
     decode_frame,
     read_frame_header,

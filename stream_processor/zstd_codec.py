@@ -30,24 +30,25 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 import zstandard
 
 from stream_processor.errors import DataError
+from stream_processor.framing import (
+    DEFAULT_MAX_WINDOW,
+    MAX_RECORDED_OFFSETS,
+    SKIPPABLE_MAGIC,
+    SKIPPABLE_MASK,
+    ZSTD_MAGIC,
+    ZstdStats,
+    check_frame_budget,
+)
 from stream_processor.source import Source
 
 if TYPE_CHECKING:
     from typing import IO
 
-ZSTD_MAGIC = 0xFD2FB528
-ZSTD_MAGIC_BYTES = b"\x28\xb5\x2f\xfd"
-SKIPPABLE_MASK = 0xFFFFFFF0
-SKIPPABLE_MAGIC = 0x184D2A50
 BLOCK_MAX = 128 * 1024
 BLOCKS_PER_STEP = 8  # whole blocks handed to libzstd per input read
 OUTPUT_STEP = 128 * 1024  # output per ``readinto``: zstd -dc's buffer, stays in the cache
 MAX_FRAME_HEADER = 18
-DEFAULT_MAX_WINDOW = 1 << 27  # what `zstd -d` accepts without --long / --memory
-FRAME_ALLOWANCE = 4096  # frames any stream may hold, whatever its output
-MIN_FRAME_OUTPUT = 4096  # beyond the allowance, the average output a frame must carry
 SKIPPABLE_PAYLOAD_LIMIT = 64 << 20  # payloads an observer asks to read whole
-MAX_RECORDED_OFFSETS = 1 << 16  # ZstdStats lists keep the first ones only: bounded memory
 
 # Where decompressed bytes go: called with a size, returns a writable buffer of at most
 # that many bytes (at least 1); the decoder yields the filled part of it. The buffer may
@@ -68,14 +69,6 @@ def as_bytes(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes]:
         yield chunk if isinstance(chunk, bytes) else bytes(chunk)
 
 
-def is_zstd_start(head: bytes | memoryview) -> bool:
-    """True if ``head`` starts a zstd frame or a skippable frame."""
-    if len(head) < 4:
-        return False
-    magic = int.from_bytes(head[:4], "little")
-    return magic == ZSTD_MAGIC or (magic & SKIPPABLE_MASK) == SKIPPABLE_MAGIC
-
-
 class FrameObserver(Protocol):
     """Told about the framing as it streams by (the chunk-table verifier is one)."""
 
@@ -94,41 +87,6 @@ class FrameObserver(Protocol):
     def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None: ...
 
     def finish(self, total_out: int, end_offset: int) -> None: ...
-
-
-class ZstdStats:
-    """What the decoder saw; filled in as it goes."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-        self.skippable_frames = 0
-        self.out_bytes = 0
-        self.skippable: list[tuple[int, int, int]] = []  # (magic, offset, size), capped
-        self.frame_offsets: list[int] = []  # capped at MAX_RECORDED_OFFSETS
-
-    def count_frame(self, offset: int) -> None:
-        """A data frame starting at ``offset`` has been consumed."""
-        if len(self.frame_offsets) < MAX_RECORDED_OFFSETS:
-            self.frame_offsets.append(offset)
-        self.frames += 1
-
-
-def check_frame_budget(
-    frames: int, total_out: int, offset: int, codec: str = "zstd", unit: str = "frames"
-) -> None:
-    """Refuse a framing bomb: a stream of empty or tiny frames (or gzip members).
-
-    Each frame costs a few microseconds of Python however little it holds, so
-    100 MB of 9-byte empty frames would keep a node's CPU busy for minutes.
-    Any stream may hold ``FRAME_ALLOWANCE`` frames; beyond that, frames must
-    average at least ``MIN_FRAME_OUTPUT`` bytes of output (a seekable layer's
-    smallest chunk), which keeps the work proportional to the output.
-    """
-    if frames > FRAME_ALLOWANCE + total_out // MIN_FRAME_OUTPUT:
-        raise DataError(
-            f"{codec}: {frames} {unit} for only {total_out} bytes of output by offset {offset}: "
-            f"refusing a stream of empty or tiny {unit}"
-        )
 
 
 def _u32(view: memoryview | bytes, at: int = 0) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -412,6 +413,29 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
         "concurrent.futures",
         "json",
     ):
+        assert name not in imported, name
+
+
+def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
+    """A gzip layer loads only its own codec (issue 15): ``compression`` imports the
+    codec it chose, so neither zstandard nor the zstd modules cost a gzip layer."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "hello").write_text("hello\n")
+    image = mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "stream_processor"],
+        input=gzip.compress(image),
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    assert proc.stdout == image
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
+    assert "stream_processor.gzip_codec" in imported
+    for name in ("zstandard", "stream_processor.zstd_codec", "stream_processor.parallel_zstd"):
         assert name not in imported, name
 
 

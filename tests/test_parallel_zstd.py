@@ -15,13 +15,14 @@ import pytest
 import zstandard
 
 from stream_processor.errors import DataError
+from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.parallel_zstd import (
     MAX_PARALLEL_FRAME,
     ParallelDecoder,
     decode_zstd_parallel,
 )
 from stream_processor.source import Source
-from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW, ZstdStats, decode_zstd
+from stream_processor.zstd_codec import decode_zstd
 from tests.conftest import run_cli
 
 

@@ -19,11 +19,11 @@ import zstandard
 from stream_processor import zstd_codec
 from stream_processor.decode import DecodeOptions, DecodeResult, decode
 from stream_processor.errors import DataError
+from stream_processor.framing import ZstdStats
 from stream_processor.sink import HoldbackSink
 from stream_processor.source import Source
 from stream_processor.zstd_codec import (
     OUTPUT_STEP,
-    ZstdStats,
     decode_zstd,
     decode_zstd_into,
     reused_output,

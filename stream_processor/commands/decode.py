@@ -26,10 +26,10 @@ from stream_processor.errors import (
     Terminated,
     UsageError,
 )
+from stream_processor.framing import DEFAULT_MAX_WINDOW
 from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES, resolve_name
 from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
-from stream_processor.zstd_codec import DEFAULT_MAX_WINDOW
 
 if TYPE_CHECKING:
     import argparse
