@@ -33,7 +33,7 @@ from stream_processor.mediatypes import Compression, Payload
 from stream_processor.seekable import ChunkTable, ChunkTableVerifier
 from stream_processor.sink import HoldbackSink
 from stream_processor.source import Source
-from stream_processor.validator import ImageGate, Kind
+from stream_processor.validator import ImageGate, Kind, libmagic
 
 HEAD_KEEP = 64 * 1024  # the largest EROFS block: enough for any superblock and for libmagic
 FRAMES_SHOWN = 16  # the human table lists frames one by one up to this many
@@ -151,14 +151,12 @@ class Inspection:
         }
 
 
-def libmagic(data: bytes) -> str:
-    """What ``file(1)`` says about ``data`` (via python-magic), or why it cannot say."""
+def file_type(data: bytes) -> str:
+    """What ``file(1)`` says about ``data`` (``validator.libmagic``), or why it cannot say."""
     if not data:
         return "empty"
     try:
-        import magic
-
-        return str(magic.from_buffer(data))
+        return libmagic(data)
     except Exception as exc:  # libmagic missing or broken: inspect still works
         return f"(libmagic unavailable: {exc})"
 
@@ -270,7 +268,7 @@ def inspect_fd(
     src = _HashingSource(fd)
     blob_head = bytes(src.peek(HEAD_KEEP))
     kind = codecs.detect(blob_head)
-    result = Inspection(kind.value, media_type=media_type, file_blob=libmagic(blob_head))
+    result = Inspection(kind.value, media_type=media_type, file_blob=file_type(blob_head))
     spool = ImageSpool()
     recorder = _Recorder(spool)
     gzip_stats = GzipStats()
@@ -326,7 +324,7 @@ def inspect_fd(
         result.skippable.sort(key=lambda s: int(s["offset"] or 0))
     result.dm_verity = _verity_dict(recorder)
     image_head = bytes(head)
-    result.file_image = libmagic(image_head) if kind is not Compression.NONE else result.file_blob
+    result.file_image = file_type(image_head) if kind is not Compression.NONE else result.file_blob
     if result.payload != Kind.TAR.value:
         total = result.decompressed_size
         result.erofs = _erofs_dict(image_head, total, complete=result.stream_error is None)

@@ -33,7 +33,7 @@ from stream_processor import dmverity, mediatypes, seekable, superblock
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.sizes import human
-from stream_processor.validator import describe
+from stream_processor.validator import check_complete, describe
 
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_ZSTD_LEVEL = 3
@@ -231,11 +231,7 @@ class _ImageReader:
                 break
             want = size
             pending = _read_exact(self._image, want)
-        if self.size < sb.image_size:
-            raise DataError(
-                f"truncated EROFS image: {self.size} bytes of the {sb.image_size} "
-                f"its superblock promises ({sb.blocks} blocks of {sb.block_size})"
-            )
+        check_complete(self.size, sb)
 
 
 def _ordered(

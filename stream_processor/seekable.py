@@ -28,11 +28,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream_processor.errors import DataError
+from stream_processor.framing import SKIPPABLE_MAGIC, SKIPPABLE_MASK
 
 if TYPE_CHECKING:
     from stream_processor.dmverity import ImageSpool, Superblock
 
-SKIPPABLE_TABLE_MAGIC = 0x184D2A50  # the skippable-frame magic the table is written with
+SKIPPABLE_TABLE_MAGIC = SKIPPABLE_MAGIC  # the table is written with the first skippable magic
 TABLE_MAGIC = 0xCDE4EC67
 TABLE_MAGIC_BYTES = TABLE_MAGIC.to_bytes(4, "little")
 TABLE_VERSION = 1
@@ -183,7 +184,7 @@ class FrameCapture:
         """The frame's payload; ``DataError`` if the blob has no skippable frame there."""
         head = bytes(self._kept[:8])
         magic = int.from_bytes(head[:4], "little")
-        if len(head) < 8 or (magic & 0xFFFFFFF0) != SKIPPABLE_TABLE_MAGIC:
+        if len(head) < 8 or (magic & SKIPPABLE_MASK) != SKIPPABLE_MAGIC:
             raise DataError(
                 f"chunk_table_offset annotation {self._offset}: no skippable frame there"
             )

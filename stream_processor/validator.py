@@ -25,14 +25,20 @@ class Kind(Enum):
     TAR = "tar"
 
 
+def libmagic(data: bytes) -> str:
+    """What ``file(1)`` says about ``data``, in full: the one place libmagic is loaded
+    (~15 ms, so only on error paths and by ``inspect``). Raises if it is missing or broken."""
+    import magic  # deferred: costs ~15 ms of start-up
+
+    return str(magic.from_buffer(data))
+
+
 def describe(head: bytes) -> str:
-    """What ``file(1)`` would call these bytes. Loads libmagic: error paths only."""
+    """What ``file(1)`` would call these bytes, in an error message: error paths only."""
     if not head:
         return "empty input"
     try:
-        import magic  # deferred: costs ~15 ms of start-up
-
-        text = str(magic.from_buffer(head))
+        text = libmagic(head)
     except Exception:  # libmagic missing or broken: still say something useful
         return f"unrecognised data starting with {head[:8].hex(' ')}"
     return text.split(",")[0] if len(text) > 80 else text
@@ -55,6 +61,15 @@ def is_tar_header(block: bytes) -> bool:
         return False
     computed = sum(block[:148]) + 8 * 32 + sum(block[156:])
     return computed == expected
+
+
+def check_complete(size: int, sb: superblock.Superblock) -> None:
+    """Refuse an image shorter than its superblock promises (the decode gate and ``pack``)."""
+    if size < sb.image_size:
+        raise DataError(
+            f"truncated EROFS image: {size} bytes of the {sb.image_size} "
+            f"its superblock promises ({sb.blocks} blocks of {sb.block_size})"
+        )
 
 
 class Verdict:
@@ -135,9 +150,6 @@ class ImageGate:
             self._decide(final=True)
         assert self._kind is not None
         sb = self.superblock
-        if sb is not None and self.size < sb.image_size:
-            raise DataError(
-                f"truncated EROFS image: {self.size} bytes of the {sb.image_size} "
-                f"its superblock promises ({sb.blocks} blocks of {sb.block_size})"
-            )
+        if sb is not None:
+            check_complete(self.size, sb)
         return Verdict(self._kind, self.size, sb)

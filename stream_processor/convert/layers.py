@@ -41,11 +41,11 @@ from stream_processor.convert.oci import Json, Layout
 from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES, extract_layer
 from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError, ProcessorError, Terminated, UsageError
+from stream_processor.framing import DEFAULT_MAX_WINDOW
 from stream_processor.mediatypes import Compression
 from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackResult, pack_image
 
 READ_SIZE = 1 << 20
-MAX_WINDOW = 1 << 27  # as zstd -d: larger windows need --long and are refused
 
 
 class LayerKind(Enum):
@@ -206,7 +206,7 @@ def decompressor(raw: BinaryIO, compression: Compression) -> BinaryIO:
     if compression is Compression.ZSTD:
         import zstandard
 
-        dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        dctx = zstandard.ZstdDecompressor(max_window_size=DEFAULT_MAX_WINDOW)
         return dctx.stream_reader(raw, read_size=READ_SIZE, read_across_frames=True)
     if compression is Compression.GZIP:
         from isal import igzip  # type: ignore[import-untyped,unused-ignore]
