@@ -65,6 +65,14 @@ _SHARED: dict[str, Compression] = {
 
 _SUFFIXES: dict[str, Compression] = {"+zstd": Compression.ZSTD, "+gzip": Compression.GZIP}
 
+# Uncompressed tar layers: containerd never sends them to a stream processor, but
+# ``convert`` reads them (``tar_compression``).
+_PLAIN_TAR: tuple[str, ...] = (
+    OCI_LAYER_TAR,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.docker.image.rootfs.diff.tar",
+)
+
 # Short names, one vocabulary for every command: ``decode``/``inspect --media-type`` and
 # ``config --routes`` accept these or a full media type, and every "supported" listing
 # prints ``describe_supported()``. containerd itself only ever sends full media types.
@@ -99,16 +107,31 @@ def _unsupported(name: str) -> UsageError:
     return UsageError(f"unsupported media type {name!r}; supported: {describe_supported()}")
 
 
-def _route(mt: str) -> Route | None:
-    if mt in _SHARED:
-        return Route(mt, _SHARED[mt], Payload.EROFS_OR_TAR)
+def erofs_compression(mt: str) -> Compression | None:
+    """How an EROFS layer of media type ``mt`` is wrapped, or None if ``mt`` names no EROFS
+    layer: the EROFS types and the PR 12506 family, one rule for decode and ``convert``."""
     for suffix, compression in _SUFFIXES.items():
         base = mt[: -len(suffix)]
         if mt.endswith(suffix) and (base == EROFS_LAYER or base.endswith(".erofs")):
-            return Route(mt, compression, Payload.EROFS)
+            return compression
     if mt.endswith(".erofs") or mt == EROFS_LAYER:
-        return Route(mt, Compression.NONE, Payload.EROFS)
+        return Compression.NONE
     return None
+
+
+def tar_compression(mt: str) -> Compression | None:
+    """How an OCI or Docker tar layer of media type ``mt`` is compressed, or None if ``mt``
+    names no tar layer (``convert`` reads them all; the compressed ones are ``_SHARED``)."""
+    if mt in _PLAIN_TAR:
+        return Compression.NONE
+    return _SHARED.get(mt)
+
+
+def _route(mt: str) -> Route | None:
+    if mt in _SHARED:
+        return Route(mt, _SHARED[mt], Payload.EROFS_OR_TAR)
+    compression = erofs_compression(mt)
+    return Route(mt, compression, Payload.EROFS) if compression is not None else None
 
 
 def resolve_name(name: str) -> str:

@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from stream_processor import seekable
+from stream_processor import mediatypes, seekable
 from stream_processor.convert.erofsbuild import (
     MKFS,
     build_from_directory,
@@ -53,31 +53,15 @@ class LayerKind(Enum):
     EROFS = "erofs"
 
 
-_TAR_TYPES: dict[str, Compression] = {
-    "application/vnd.oci.image.layer.v1.tar": Compression.NONE,
-    "application/vnd.oci.image.layer.v1.tar+gzip": Compression.GZIP,
-    "application/vnd.oci.image.layer.v1.tar+zstd": Compression.ZSTD,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": Compression.NONE,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
-    "application/vnd.docker.image.rootfs.diff.tar": Compression.NONE,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
-    "application/vnd.docker.image.rootfs.diff.tar.zstd": Compression.ZSTD,
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
-}
-_EROFS_SUFFIXES = {"+zstd": Compression.ZSTD, "+gzip": Compression.GZIP, "": Compression.NONE}
-
-
 def classify(media_type: str) -> tuple[LayerKind, Compression]:
-    """What a layer media type holds and how it is compressed; ``UsageError`` if unknown."""
-    if media_type in _TAR_TYPES:
-        return LayerKind.TAR, _TAR_TYPES[media_type]
-    for suffix, compression in _EROFS_SUFFIXES.items():
-        base = media_type[: len(media_type) - len(suffix)] if suffix else media_type
-        if media_type.endswith(suffix) and (
-            base == "application/vnd.erofs.layer.v1" or base.endswith(".erofs")
-        ):
-            return LayerKind.EROFS, compression
+    """What a layer media type holds and how it is compressed (the rules are ``mediatypes``'),
+    ``UsageError`` if unknown."""
+    compression = mediatypes.tar_compression(media_type)
+    if compression is not None:
+        return LayerKind.TAR, compression
+    compression = mediatypes.erofs_compression(media_type)
+    if compression is not None:
+        return LayerKind.EROFS, compression
     raise UsageError(
         f"cannot convert a layer of media type {media_type!r}: only OCI/Docker tar, "
         "tar+gzip, tar+zstd and EROFS layers are supported"
