@@ -41,11 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # standalone use (fuzz harness, report script)
     sys.path.insert(0, str(ROOT))
 
-ZSTD_ROUTE = "application/vnd.erofs.layer.v1+zstd"
-GZIP_ROUTE = "application/vnd.erofs.layer.v1+gzip"
-RAW_ROUTE = "application/vnd.erofs.layer.v1"
-TAR_ZSTD_ROUTE = "application/vnd.oci.image.layer.v1.tar+zstd"
-TAR_GZIP_ROUTE = "application/vnd.oci.image.layer.v1.tar+gzip"
+from stream_processor import mediatypes  # noqa: E402
+
+ZSTD_ROUTE = mediatypes.EROFS_LAYER_ZSTD
+GZIP_ROUTE = mediatypes.EROFS_LAYER_GZIP
+RAW_ROUTE = mediatypes.EROFS_LAYER
+TAR_ZSTD_ROUTE = mediatypes.OCI_LAYER_TAR_ZSTD
+TAR_GZIP_ROUTE = mediatypes.OCI_LAYER_TAR_GZIP
 SHARED_ROUTES = frozenset({TAR_ZSTD_ROUTE, TAR_GZIP_ROUTE})
 
 EXIT_OK, EXIT_DATA, EXIT_IO, EXIT_SIGPIPE, EXIT_SIGTERM = 0, 65, 74, 141, 143
