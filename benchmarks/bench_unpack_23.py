@@ -27,16 +27,11 @@ sys.path.insert(0, str(ROOT))  # the tests package: the 2.3 harness is reused, n
 from common import table  # noqa: E402
 
 from stream_processor.containerd_config import MAX_CONCURRENT_UNPACKS  # noqa: E402
+from tests.builders import write_wrapper  # noqa: E402
 from tests.containerd_harness import start_registry  # noqa: E402
+from tests.daemon_helpers import BIN_ENV, stop_daemon  # noqa: E402
 from tests.oci_builder import OCI_INDEX, Image, LayoutBuilder, tar_tree  # noqa: E402
-from tests.test_containerd_23 import (  # noqa: E402
-    ARCH,
-    BIN_ENV,
-    pull,
-    snippet_23,
-    start_daemon,
-)
-from tests.test_containerd_daemon import _write_wrapper, stop_daemon  # noqa: E402
+from tests.test_containerd_23 import ARCH, pull, snippet_23, start_daemon  # noqa: E402
 
 RUNS = 5
 LIMITS = (1, 2, 3, 4)
@@ -96,7 +91,7 @@ def main() -> int:
         try:
             for limit in LIMITS:
                 base = work / f"d{limit}"
-                snippet = snippet_23(_write_wrapper(base / "bin"), base / "processor.log")
+                snippet = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
                 snippet = snippet.replace(
                     f"max_concurrent_unpacks = {MAX_CONCURRENT_UNPACKS}",
                     f"max_concurrent_unpacks = {limit}",

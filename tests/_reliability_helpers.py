@@ -41,11 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # standalone use (fuzz harness, report script)
     sys.path.insert(0, str(ROOT))
 
-ZSTD_ROUTE = "application/vnd.erofs.layer.v1+zstd"
-GZIP_ROUTE = "application/vnd.erofs.layer.v1+gzip"
-RAW_ROUTE = "application/vnd.erofs.layer.v1"
-TAR_ZSTD_ROUTE = "application/vnd.oci.image.layer.v1.tar+zstd"
-TAR_GZIP_ROUTE = "application/vnd.oci.image.layer.v1.tar+gzip"
+from stream_processor import mediatypes  # noqa: E402
+
+ZSTD_ROUTE = mediatypes.EROFS_LAYER_ZSTD
+GZIP_ROUTE = mediatypes.EROFS_LAYER_GZIP
+RAW_ROUTE = mediatypes.EROFS_LAYER
+TAR_ZSTD_ROUTE = mediatypes.OCI_LAYER_TAR_ZSTD
+TAR_GZIP_ROUTE = mediatypes.OCI_LAYER_TAR_GZIP
 SHARED_ROUTES = frozenset({TAR_ZSTD_ROUTE, TAR_GZIP_ROUTE})
 
 EXIT_OK, EXIT_DATA, EXIT_IO, EXIT_SIGPIPE, EXIT_SIGTERM = 0, 65, 74, 141, 143
@@ -505,8 +507,8 @@ def crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
     return crc
 
 
-def sound_erofs(out: bytes, page_shift: int = 12) -> str | None:
-    """Independent check of an EROFS image's superblock; ``None`` if sound."""
+def erofs_problem(out: bytes, page_shift: int = 12) -> str | None:
+    """What is wrong with an EROFS image's superblock, checked independently; None if nothing."""
     if out[SB_OFFSET : SB_OFFSET + 4] != EROFS_MAGIC:
         return "no EROFS magic"
     sb = out[SB_OFFSET : SB_OFFSET + 128]
@@ -670,7 +672,7 @@ def violation(
         return f"exit 0 on a stream the strict reference decoder rejects ({exc})"
     if output != ref:
         return f"output ({len(output)} bytes) differs from the reference ({len(ref)} bytes)"
-    problem = sound_erofs(output)
+    problem = erofs_problem(output)
     if problem is None:
         return None
     if media_type in SHARED_ROUTES and output[SB_OFFSET : SB_OFFSET + 4] != EROFS_MAGIC:
@@ -867,7 +869,7 @@ def cli_violation(
         return f"{len(outcome.stderr_lines)} stderr lines: {outcome.stderr!r}"
     if expected is not None:
         return f"a valid layer was rejected: {outcome.stderr!r}"
-    if outcome.stdout and sound_erofs(outcome.stdout) is None:
+    if outcome.stdout and erofs_problem(outcome.stdout) is None:
         return "a rejected decode still wrote a complete-looking image"
     return None
 

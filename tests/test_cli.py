@@ -19,7 +19,6 @@ import zstandard
 from stream_processor import mediatypes as mt
 from stream_processor.cli import main
 from stream_processor.commands import decode as decode_command
-from stream_processor.commands.decode import parse_size
 from tests.conftest import ROOT, make_tree, mkfs_erofs, run_cli
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
@@ -35,13 +34,6 @@ def test_help_and_version() -> None:
 def test_bad_option_is_usage_error() -> None:
     proc = run_cli(["--no-such-option"])
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr
-
-
-def test_parse_size() -> None:
-    assert parse_size("4MiB") == 4 << 20
-    assert parse_size("64G") == 64 << 30
-    assert parse_size("512") == 512
-    assert parse_size("8k") == 8192
 
 
 @pytest.mark.parametrize(

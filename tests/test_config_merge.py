@@ -24,15 +24,10 @@ import tomlkit
 
 from stream_processor import containerd_config as cc
 from stream_processor import containerd_merge as cm
+from tests.builders import DISABLED_PLUGINS, write_wrapper
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
-from tests.test_containerd_2x import CONTAINERD_BIN as BIN_21
-from tests.test_containerd_23 import BIN_ENV
-from tests.test_containerd_daemon import (
-    DISABLED_PLUGINS,
-    _write_wrapper,
-    stop_daemon,
-    wait_until_ready,
-)
+from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
+from tests.daemon_helpers import CONTAINERD_21_BIN as BIN_21
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
 HOST = cc.host_platform()
@@ -197,7 +192,7 @@ def test_more_parallel_unpacks_than_needed_are_kept() -> None:
 @pytest.fixture
 def node(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(config path, processor executable, log file) in a private directory."""
-    exe = _write_wrapper(tmp_path / "bin")
+    exe = write_wrapper(tmp_path / "bin")
     return tmp_path / "etc" / "config.toml", exe, tmp_path / "processor.log"
 
 
@@ -426,7 +421,7 @@ def test_merge_into_stock_config_then_the_daemon_starts(
     config = base / "config.toml"
     before = privatize(stock, base)
     config.write_text(before)
-    exe = _write_wrapper(base / "bin")
+    exe = write_wrapper(base / "bin")
     result = run_cli(merge_args(config, version, exe, base / "processor.log"))
     assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
     after = config.read_text()
@@ -529,7 +524,7 @@ def test_check_daemon_reports_a_skipped_erofs_differ_with_containerds_reason(bas
     ).stdout
     config = base / "config.toml"
     config.write_text(privatize(stock, base))
-    exe = _write_wrapper(base / "bin")
+    exe = write_wrapper(base / "bin")
     assert run_cli(merge_args(config, "2.3", exe, base / "p.log")).returncode == 0
     socket = base / "c.sock"
     empty = base / "empty-bin"  # no mkfs.erofs at all

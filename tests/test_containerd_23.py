@@ -45,8 +45,11 @@ from typing import Any
 import pytest
 
 from stream_processor import containerd_config as cc
+from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
+from tests.builders import DISABLED_PLUGINS, manifests, write_wrapper
 from tests.conftest import ROOT, tar_mode_mkfs
 from tests.containerd_harness import Registry, log_records, start_registry
+from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
 from tests.oci_builder import (
     OCI_INDEX,
     RUN_CHECKS,
@@ -56,16 +59,7 @@ from tests.oci_builder import (
     runnable_trees,
     tar_tree,
 )
-from tests.test_containerd_daemon import (
-    DISABLED_PLUGINS,
-    TAR_ZSTD,
-    _write_wrapper,
-    stop_daemon,
-    wait_until_ready,
-)
-from tests.test_convert_image import manifests
 
-BIN_ENV = "EROFS_SP_CONTAINERD23_BIN"
 START_TIMEOUT = 30.0
 APPLIED_EROFS = "Applied layer with compressed EROFS blob"  # plugins/diff/erofs/differ.go
 APPLIED_TAR = "Applied layer using tar conversion mode"
@@ -206,7 +200,7 @@ def daemon() -> Iterator[Daemon23]:
     if len(version) < 3 or not version[2].lstrip("v").startswith("2.3"):
         pytest.skip(f"{BIN_ENV} names containerd {' '.join(version[2:3])}, not 2.3")
     base = Path(tempfile.mkdtemp(prefix="sp-c23-"))  # short: unix socket paths are limited
-    wrapper = _write_wrapper(base / "bin")
+    wrapper = write_wrapper(base / "bin")
     proc, d = start_daemon(bin23, base, snippet_23(wrapper, base / "processor.log"))
     try:
         check = subprocess.run(
@@ -421,7 +415,7 @@ def _check_layers(got: Pull, shape: Shape) -> None:
     """Every layer went through the processor and is stored as the image the config names."""
     assert got.erofs_applied == len(shape.erofs_diff_ids), got
     assert [(r["media_type"], r["payload"], r["exit_code"]) for r in got.records] == [
-        (TAR_ZSTD, "erofs", 0)
+        (OCI_LAYER_TAR_ZSTD, "erofs", 0)
     ] * len(shape.erofs_diff_ids), got.records
     assert set(shape.erofs_diff_ids) <= set(got.layer_digests), got.layer_digests
 
@@ -477,7 +471,7 @@ def test_one_unpack_platform_drops_erofs_images_and_check_says_so(
     bin23 = _bin23()
     base = Path(tempfile.mkdtemp(prefix="sp-c23b-"))
     try:
-        full = snippet_23(_write_wrapper(base / "bin"), base / "processor.log")
+        full = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
         featured = "\n".join(cc.unpack_entry(EROFS_PLATFORM)) + "\n"
         assert featured in full
         old = full.replace(featured, "")
@@ -523,7 +517,7 @@ def test_node_without_erofs_snapshotter(shapes: dict[str, Shape], tmp_path: Path
             ), got
         finally:
             stop_daemon(proc)
-        snippet = snippet_23(_write_wrapper(base / "bin"), base / "processor.log")
+        snippet = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
         missing = (cc.EROFS_SNAPSHOTTER, cc.EROFS_DIFFER)
         proc, d = start_daemon(bin23, base / "ours", snippet, missing)
         try:
@@ -591,7 +585,7 @@ def cri_daemon() -> Iterator[Daemon23]:
     bin23 = _bin23()
     pytest.importorskip("grpc", reason="grpcio (the dev extra) makes the CRI call")
     base = Path(tempfile.mkdtemp(prefix="sp-c23k-"))
-    wrapper = _write_wrapper(base / "bin")
+    wrapper = write_wrapper(base / "bin")
     proc, d = start_daemon(bin23, base, snippet_23(wrapper, base / "processor.log"), cri=True)
     try:
         yield d

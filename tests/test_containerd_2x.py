@@ -36,27 +36,24 @@ import pytest
 
 from stream_processor import containerd_config as cc
 from stream_processor import superblock
-from tests.conftest import ROOT, make_tree, require_fetched, tar_mode_mkfs
-from tests.containerd_harness import log_records
-from tests.oci_builder import Image, build_layout, tar_tree
-from tests.test_containerd_daemon import (
+from stream_processor.mediatypes import EROFS_LAYER_ZSTD, OCI_LAYER_TAR_ZSTD
+from tests.builders import (
     DISABLED_PLUGINS,
-    TAR_ZSTD,
-    _write_wrapper,
     build_oci_archive,
     describe_tree,
-    stop_daemon,
     tar_zstd_snippet,
-    wait_until_ready,
+    write_wrapper,
 )
+from tests.conftest import ROOT, make_tree, require_fetched, tar_mode_mkfs
+from tests.containerd_harness import log_records
+from tests.daemon_helpers import CONTAINERD_21_BIN, stop_daemon, wait_until_ready
+from tests.oci_builder import Image, build_layout, tar_tree
 
 pytestmark = [
     pytest.mark.daemon,
     pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root (snapshotters, mounts)"),
 ]
 
-CONTAINERD_BIN = ROOT / ".tools" / "containerd" / "bin"
-EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
 START_TIMEOUT = 20.0
 
 
@@ -70,7 +67,7 @@ class Daemon2:
 
     def ctr(self, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(CONTAINERD_BIN / "ctr"), "--address", str(self.socket), "-n", namespace, *args],
+            [str(CONTAINERD_21_BIN / "ctr"), "--address", str(self.socket), "-n", namespace, *args],
             capture_output=True,
             text=True,
             timeout=120,
@@ -92,7 +89,7 @@ def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     ]
     tail = f"""
 [stream_processors."io.containerd.processor.v1.erofs-zstd-by-hand"]
-  accepts = [{q(EROFS_ZSTD)}]
+  accepts = [{q(EROFS_LAYER_ZSTD)}]
   returns = "application/vnd.oci.image.layer.v1.tar"
   path = {q(str(wrapper))}
   env = [{q("EROFS_SP_LOG_FILE=" + str(log_file))}, "EROFS_SP_LOG_LEVEL=info"]
@@ -117,20 +114,20 @@ def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon2]:
-    require_fetched(CONTAINERD_BIN / "containerd", ".ci/fetch-containerd")
+    require_fetched(CONTAINERD_21_BIN / "containerd", ".ci/fetch-containerd")
     mkfs = Path(tar_mode_mkfs())  # the erofs differ runs mkfs.erofs --tar
     out = subprocess.run(
-        [str(CONTAINERD_BIN / "containerd"), "--version"], capture_output=True, text=True
+        [str(CONTAINERD_21_BIN / "containerd"), "--version"], capture_output=True, text=True
     ).stdout
     version = tuple(int(x) for x in out.split()[2].split(".")[:2])
     base = Path(tempfile.mkdtemp(prefix="sp-c2-"))  # short: unix socket paths are limited
     log_file = base / "processor.log"
     config = base / "config.toml"
-    config.write_text(config_text(base, _write_wrapper(base / "bin"), log_file))
-    env = {**os.environ, "PATH": f"{mkfs.parent}:{CONTAINERD_BIN}:{os.environ['PATH']}"}
+    config.write_text(config_text(base, write_wrapper(base / "bin"), log_file))
+    env = {**os.environ, "PATH": f"{mkfs.parent}:{CONTAINERD_21_BIN}:{os.environ['PATH']}"}
     with open(base / "daemon.log", "wb") as daemon_log:
         proc = subprocess.Popen(
-            [str(CONTAINERD_BIN / "containerd"), "--config", str(config)],
+            [str(CONTAINERD_21_BIN / "containerd"), "--config", str(config)],
             stdout=daemon_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -164,7 +161,7 @@ def test_tar_zstd_layer_goes_through_processor_and_erofs_differ(
     assert result.returncode == 0, result.stderr
     records = daemon.records()[before:]
     assert [(r["media_type"], r["payload"], r["exit_code"]) for r in records] == [
-        (TAR_ZSTD, "tar", 0)
+        (OCI_LAYER_TAR_ZSTD, "tar", 0)
     ]
     assert records[0]["bytes_out"] == archive.tar.stat().st_size
     # the erofs differ built the snapshot's layer.erofs from the tar we passed through

@@ -30,7 +30,7 @@ import zstandard
 
 from stream_processor import dmverity, seekable
 from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
-from tests.test_dmverity import containerd_read
+from tests.containerd_reader import containerd_read
 
 CHUNK = 4 << 20  # containerd's default chunk size
 SKIPPABLE = 0x184D2A50

@@ -14,18 +14,12 @@ keep that observation true.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
-import signal
-import stat
 import subprocess
-import sys
-import tarfile
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,23 +28,21 @@ import pytest
 
 from stream_processor import PROG
 from stream_processor import containerd_config as cc
+from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
+from tests.builders import (
+    DISABLED_PLUGINS,
+    build_oci_archive,
+    describe_tree,
+    tar_zstd_snippet,
+    write_wrapper,
+)
 from tests.conftest import make_tree, require_tool
 from tests.containerd_harness import log_records
+from tests.daemon_helpers import stop_daemon, wait_until_ready
 
 pytestmark = pytest.mark.daemon
 
-ROOT = Path(__file__).resolve().parent.parent
-TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 START_TIMEOUT = 15.0
-TAR_FLAGS = ("tar", "--sort=name", "--mtime=@1700000000", "--numeric-owner")
-DISABLED_PLUGINS = (
-    "io.containerd.grpc.v1.cri",  # no Kubernetes here; it would also write under /opt and /etc
-    "io.containerd.internal.v1.opt",
-    "io.containerd.snapshotter.v1.aufs",
-    "io.containerd.snapshotter.v1.btrfs",
-    "io.containerd.snapshotter.v1.devmapper",
-    "io.containerd.snapshotter.v1.zfs",
-)
 
 
 @dataclass
@@ -76,35 +68,6 @@ class Daemon:
         return log_records(self.log_file)
 
 
-def _write_wrapper(bin_dir: Path) -> Path:
-    """An absolute-path executable that runs this checkout's processor (as an install would)."""
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = bin_dir / PROG
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f"PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}\n"
-        "export PYTHONPATH\n"
-        f'exec {sys.executable} -m stream_processor "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    return wrapper
-
-
-def tar_zstd_snippet(version: str, wrapper: Path, log_file: Path) -> str:
-    """What ``config --containerd-version VERSION --routes tar+zstd`` prints, info logging."""
-    profile = cc.profile_for(version)
-    return cc.render(
-        cc.SnippetOptions(
-            profile=profile,
-            executable=cc.Executable(str(wrapper)),
-            routes=cc.resolve_routes(["tar+zstd"], profile),
-            log_file=str(log_file),
-            log_level="info",
-            platform=cc.host_platform(),
-        )
-    )
-
-
 def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     """The generated 1.6 snippet (tar+zstd route, info logging) plus a private root and socket."""
     snippet = tar_zstd_snippet("1.6", wrapper, log_file)
@@ -124,31 +87,6 @@ def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     return "\n".join(head) + "\n" + snippet + "\n".join(tail) + "\n"
 
 
-def wait_until_ready(
-    proc: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float
-) -> str | None:
-    """None once ``ready()``; else why not (exited, or no answer in time) with the log's tail."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            what = (
-                "could not start" if proc.poll() is not None else f"did not answer in {timeout} s"
-            )
-            return f"{what}: {log.read_text(errors='replace')[-1500:]}"
-        time.sleep(0.1)
-    return None
-
-
-def stop_daemon(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if containerd has not exited within 15 s."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
     require_tool("containerd")
@@ -158,7 +96,7 @@ def daemon() -> Iterator[Daemon]:
         pytest.skip("containerd needs root to start (snapshotters, mounts); not root here")
     base = Path(tempfile.mkdtemp(prefix="sp-ctd-"))  # short: unix socket paths are <= 107 bytes
     log_file = base / "processor.log"
-    wrapper = _write_wrapper(base / "bin")
+    wrapper = write_wrapper(base / "bin")
     config = base / "config.toml"
     config.write_text(daemon_config_text(base, wrapper, log_file))
     socket = base / "containerd.sock"
@@ -189,118 +127,7 @@ def daemon() -> Iterator[Daemon]:
 # ------------------------------------------------------------ image building
 
 
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    name: str
-    diff_id: str
-    tar: Path
-
-
-def _digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def build_oci_archive(
-    tree: Path, work: Path, name: str, *, corrupt: bool = False, compressor: str = "zstd"
-) -> Archive:
-    """An OCI image layout (as a tar for ``ctr images import``) with one tar+zstd layer.
-
-    The layer is GNU tar of ``tree`` compressed with the real ``zstd`` (or
-    ``gzip`` to make the data disagree with the declared media type). With
-    ``corrupt`` a byte in the middle of the compressed blob is flipped
-    *before* digesting, so the blob digest is right and only the processor
-    can notice.
-    """
-    work.mkdir(parents=True, exist_ok=True)
-    layer_tar = work / "layer.tar"
-    subprocess.run(
-        [*TAR_FLAGS, "-C", str(tree), "-cf", str(layer_tar), "."],
-        check=True,
-    )
-    tar_bytes = layer_tar.read_bytes()
-    if compressor == "zstd":
-        blob = subprocess.run(
-            ["zstd", "-q", "-c"], input=tar_bytes, capture_output=True, check=True
-        ).stdout
-    else:
-        blob = subprocess.run(
-            ["gzip", "-n", "-c"], input=tar_bytes, capture_output=True, check=True
-        ).stdout
-    if corrupt:
-        mutable = bytearray(blob)
-        mutable[len(mutable) // 2] ^= 0xFF
-        blob = bytes(mutable)
-    diff_id = _digest(tar_bytes)
-    os_name, arch = cc.host_platform().split("/")
-    config = json.dumps(
-        {
-            "architecture": arch,
-            "os": os_name,
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-            "config": {},
-        }
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": _digest(config),
-                "size": len(config),
-            },
-            "layers": [{"mediaType": TAR_ZSTD, "digest": _digest(blob), "size": len(blob)}],
-        }
-    ).encode()
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": _digest(manifest),
-                    "size": len(manifest),
-                    "platform": {"architecture": arch, "os": os_name},
-                    "annotations": {
-                        "io.containerd.image.name": name,
-                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
-                    },
-                }
-            ],
-        }
-    ).encode()
-    out = work / "image.tar"
-    with tarfile.open(out, "w") as archive:
-        entries = [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", index)]
-        entries += [(f"blobs/sha256/{_digest(b)[7:]}", b) for b in (config, manifest, blob)]
-        for member, data in entries:
-            info = tarfile.TarInfo(member)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return Archive(out, name, diff_id, layer_tar)
-
-
 # ------------------------------------------------------------ comparing trees
-
-
-def describe_tree(root: Path) -> dict[str, tuple[str, int, str]]:
-    """path -> (kind, permission bits, content digest or link target), for comparing trees."""
-    result: dict[str, tuple[str, int, str]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            full = Path(dirpath) / name
-            rel = str(full.relative_to(root))
-            st = full.lstat()
-            perm = stat.S_IMODE(st.st_mode)
-            if stat.S_ISLNK(st.st_mode):
-                result[rel] = ("link", 0, os.readlink(full))
-            elif stat.S_ISDIR(st.st_mode):
-                result[rel] = ("dir", perm, "")
-            else:
-                result[rel] = ("file", perm, hashlib.sha256(full.read_bytes()).hexdigest())
-    return result
 
 
 def snapshot_dir(daemon: Daemon, key: str) -> tuple[Path, str]:
@@ -338,7 +165,7 @@ def test_daemon_unpacks_tar_zstd_layer_through_processor(
     # the processor was invoked for this layer, on the tar+zstd route, and passed tar through
     records = daemon.log_records()[before:]
     assert [r["event"] for r in records] == ["decoded"], records
-    assert records[0]["media_type"] == TAR_ZSTD
+    assert records[0]["media_type"] == OCI_LAYER_TAR_ZSTD
     assert records[0]["payload"] == "tar"
     assert records[0]["bytes_out"] == archive.tar.stat().st_size
     # the image unpacked: a committed snapshot keyed by the layer's diff id ...

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_processor import mediatypes
 from stream_processor.containerd_config import PROCESSOR_ID
 from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
 from tests.containerd_harness import (
@@ -28,10 +29,10 @@ from tests.containerd_harness import (
     sha256_file,
 )
 
-TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-TAR_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
-EROFS_GZIP = "application/vnd.erofs.layer.v1+gzip"
+TAR_ZSTD = mediatypes.OCI_LAYER_TAR_ZSTD
+TAR_GZIP = mediatypes.OCI_LAYER_TAR_GZIP
+EROFS_ZSTD = mediatypes.EROFS_LAYER_ZSTD
+EROFS_GZIP = mediatypes.EROFS_LAYER_GZIP
 MEMORY_TARGET_KIB = 64 * 1024  # the product target: <= 64 MiB peak RSS
 EXIT_DATA = 65
 EXIT_USAGE = 2

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from stream_processor.mediatypes import EROFS_LAYER_ZSTD
+from tests.builders import rich_tree
 from tests.conftest import run_cli
 from tests.oci_builder import Image, build_layout, tar_tree
-from tests.test_convert_tarlayer import rich_tree
 
 pytestmark = [
     pytest.mark.daemon,
@@ -98,14 +99,14 @@ def test_ctr_imports_the_converted_archive(containerd: Path, tmp_path: Path) -> 
         (unpacked / "blobs" / "sha256" / manifest_digest.split(":")[1]).read_text()
     )
     for layer in manifest["layers"]:
-        assert layer["mediaType"] == "application/vnd.erofs.layer.v1+zstd"
+        assert layer["mediaType"] == EROFS_LAYER_ZSTD
         assert layer["digest"] in content
 
 
 def test_converts_what_ctr_exports(containerd: Path, tmp_path: Path) -> None:
     """``ctr images export`` output (index.json + manifest.json + blobs) converts."""
+    from tests.builders import manifests
     from tests.oci_builder import archive_layout
-    from tests.test_convert_image import manifests
 
     tree = rich_tree(tmp_path / "tree")
     src = build_layout(tmp_path / "src", [Image([tar_tree(tree)], "gzip")], ref="latest")
@@ -119,5 +120,5 @@ def test_converts_what_ctr_exports(containerd: Path, tmp_path: Path) -> None:
     proc = run_cli(["convert", str(exported), str(out)])
     assert proc.returncode == 0, proc.stderr.decode()
     [(entry, manifest, _)] = manifests(out)
-    assert manifest["layers"][0]["mediaType"] == "application/vnd.erofs.layer.v1+zstd"
+    assert manifest["layers"][0]["mediaType"] == EROFS_LAYER_ZSTD
     assert "os.features" not in entry["platform"]

@@ -19,12 +19,21 @@ import stat
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stream_processor import mediatypes
+from tests.builders import (
+    huge_tar_header,
+    manifests,
+    mounted,
+    rich_tree,
+    special_entry,
+    tar_bytes,
+    without_origin,
+)
 from tests.conftest import require_tool, run_cli, tar_mode_mkfs
 from tests.oci_builder import (
     Image,
@@ -35,11 +44,10 @@ from tests.oci_builder import (
     snapshot,
     tar_tree,
 )
-from tests.test_convert_tarlayer import _huge_header, _special, _tar, rich_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
 
-EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
+EROFS_ZSTD = mediatypes.EROFS_LAYER_ZSTD
 
 
 # ---------------------------------------------------------------- the image
@@ -111,40 +119,6 @@ def converted(
     return dst, json.loads(proc.stdout)
 
 
-ORIGIN = ("trusted.overlay.origin", b"")
-
-
-def without_origin(snap: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
-    """Drop the empty ``trusted.overlay.origin`` that ``mkfs.erofs --aufs`` (1.8) puts on
-    each directory holding a whiteout; overlayfs reads an empty one as "origin unknown"."""
-    out = {}
-    for rel, (mode, uid, gid, mtime, content, xattrs, link) in snap.items():
-        if stat.S_ISDIR(mode):
-            xattrs = tuple(x for x in xattrs if x != ORIGIN)
-        out[rel] = (mode, uid, gid, mtime, content, xattrs, link)
-    return out
-
-
-def read_json(layout: Path, digest: str) -> Any:
-    return json.loads((layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes())
-
-
-def manifests(layout: Path) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
-    """(index entry, manifest, config) for every image manifest, nested indexes included."""
-    out = []
-
-    def walk(index: dict[str, Any]) -> None:
-        for desc in index["manifests"]:
-            doc = read_json(layout, desc["digest"])
-            if "manifests" in doc:
-                walk(doc)
-            else:
-                out.append((desc, doc, read_json(layout, doc["config"]["digest"])))
-
-    walk(json.loads((layout / "index.json").read_bytes()))
-    return out
-
-
 def decode_layer(layout: Path, desc: dict[str, Any], out: Path) -> Path:
     """Decode with this project's decoder, as containerd would run it."""
     blob = (layout / "blobs" / "sha256" / desc["digest"].split(":")[1]).read_bytes()
@@ -173,22 +147,6 @@ def loose(snap: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
         keep = 0o7777 if stat.S_ISDIR(mode) else 0o1777
         out[rel] = (stat.S_IFMT(mode) | (mode & keep), uid, gid, mtime, content)
     return out
-
-
-@contextlib.contextmanager
-def mounted(image: Path, where: Path) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount EROFS here ({proc.stderr.strip()}); mount checks skipped")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=False)
 
 
 # ---------------------------------------------------------------- tests
@@ -295,7 +253,7 @@ def test_other_compressions(source: Path, tmp_path: Path, compression: str) -> N
     [(_, manifest, config)] = manifests(dst)
     suffix = "" if compression == "none" else "+gzip"
     for i, desc in enumerate(manifest["layers"]):
-        assert desc["mediaType"] == "application/vnd.erofs.layer.v1" + suffix
+        assert desc["mediaType"] == mediatypes.EROFS_LAYER + suffix
         assert "annotations" not in desc
         raw = decode_layer(dst, desc, tmp_path / f"{i}.erofs")
         assert (
@@ -356,8 +314,8 @@ def test_erofs_layers_are_rewrapped_not_rebuilt(
     import gzip
 
     blobs = [
-        ("application/vnd.erofs.layer.v1", raws[0].read_bytes()),
-        ("application/vnd.erofs.layer.v1+gzip", gzip.compress(raws[1].read_bytes())),
+        (mediatypes.EROFS_LAYER, raws[0].read_bytes()),
+        (mediatypes.EROFS_LAYER_GZIP, gzip.compress(raws[1].read_bytes())),
     ]
     src = build_layout(tmp_path / "erofs-src", [Image(tars[:2], layer_blobs=blobs)])
     # the source config's diff_ids are the tar digests; EROFS layers keep their own
@@ -464,17 +422,20 @@ def _one_line_error(proc: subprocess.CompletedProcess[bytes], code: int, text: s
 
 
 HOSTILE_LAYERS: dict[str, tuple[bytes, str]] = {
-    "path traversal": (_tar([("../../escape", b"x")]), "'../../escape' climbs out of the layer"),
-    "absolute path": (_tar([("/etc/evil", b"x")]), "'/etc/evil' is an absolute path"),
+    "path traversal": (
+        tar_bytes([("../../escape", b"x")]),
+        "'../../escape' climbs out of the layer",
+    ),
+    "absolute path": (tar_bytes([("/etc/evil", b"x")]), "'/etc/evil' is an absolute path"),
     "symlink escape": (
-        _tar([_special("link", tarfile.SYMTYPE, "/tmp"), ("link/evil", b"x")]),
+        tar_bytes([special_entry("link", tarfile.SYMTYPE, "/tmp"), ("link/evil", b"x")]),
         "'link/evil' would be written through the symlink 'link'",
     ),
     "huge declared size": (
-        _huge_header("big", 1 << 40),
+        huge_tar_header("big", 1 << 40),
         "'big' declares 1099511627776 bytes, more than the layer limit",
     ),
-    "duplicate entry": (_tar([("a", b"1"), ("a", b"2")]), "'a' appears twice in the layer"),
+    "duplicate entry": (tar_bytes([("a", b"1"), ("a", b"2")]), "'a' appears twice in the layer"),
 }
 
 
@@ -523,7 +484,7 @@ def test_corrupt_blob_is_named(source: Path, tmp_path: Path) -> None:
 
 
 def test_diff_id_mismatch_is_refused(tars: list[bytes], tmp_path: Path) -> None:
-    blobs = [("application/vnd.oci.image.layer.v1.tar", tars[1])]
+    blobs = [(mediatypes.OCI_LAYER_TAR, tars[1])]
     src = build_layout(tmp_path / "src", [Image(tars[:1], layer_blobs=blobs)])
     proc = run_cli(["convert", str(src), str(tmp_path / "dst")])
     _one_line_error(proc, 65, "but the image config lists diff_id")

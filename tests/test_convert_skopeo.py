@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from stream_processor import mediatypes
+from tests.builders import rich_tree
 from tests.conftest import run_cli
 from tests.oci_builder import Image, build_layout, tar_tree
-from tests.test_convert_tarlayer import rich_tree
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the source tree has owners and devices: root"),
     pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed"),
 ]
 
-EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
+EROFS_ZSTD = mediatypes.EROFS_LAYER_ZSTD
 
 
 def skopeo(*args: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -26,10 +27,16 @@ from stream_processor.convert.namespace import ExtractStats
 from stream_processor.convert.tarlayer import extract_layer
 from stream_processor.convert.tarmode import build_from_tar
 from stream_processor.errors import DataError
+from tests.builders import (
+    HOSTILE_TARS,
+    huge_tar_header,
+    mounted,
+    rich_tree,
+    tar_bytes,
+    without_origin,
+)
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
 from tests.oci_builder import Image, build_layout, expected_layer, snapshot, tar_tree
-from tests.test_convert_image import mounted, without_origin
-from tests.test_convert_tarlayer import HOSTILE, _huge_header, _re, _tar, rich_tree
 
 UUID = layer_uuid("sha256:" + "0" * 64)
 
@@ -64,7 +71,7 @@ def test_streamed_layer_mounts_with_overlay_semantics(mkfs: Mkfs, tmp_path: Path
 
 def test_same_tar_same_image_at_any_time(mkfs: Mkfs, tmp_path: Path) -> None:
     """No root entry and an implied parent: both would carry the build time without -T."""
-    data = _tar([("a/b/file", b"x" * 5000), ("a/b/other", b"y")])
+    data = tar_bytes([("a/b/file", b"x" * 5000), ("a/b/other", b"y")])
     build(mkfs, data, tmp_path / "one")
     time.sleep(1.1)
     build(mkfs, data, tmp_path / "two")
@@ -73,7 +80,7 @@ def test_same_tar_same_image_at_any_time(mkfs: Mkfs, tmp_path: Path) -> None:
 
 def test_uuid_fixed_afterwards_equals_uuid_given_to_mkfs(mkfs: Mkfs, tmp_path: Path) -> None:
     """The tar builder may learn the layer's digest only after mkfs.erofs has run."""
-    data = _tar([("etc/hosts", b"127.0.0.1 localhost\n"), ("bin/sh", b"\x7fELF" * 900)])
+    data = tar_bytes([("etc/hosts", b"127.0.0.1 localhost\n"), ("bin/sh", b"\x7fELF" * 900)])
     other = layer_uuid("sha256:" + "1" * 64)
     build(mkfs, data, tmp_path / "direct", uuid=other)
     build(mkfs, data, tmp_path / "fixed", uuid=UUID)
@@ -81,30 +88,30 @@ def test_uuid_fixed_afterwards_equals_uuid_given_to_mkfs(mkfs: Mkfs, tmp_path: P
     assert (tmp_path / "fixed").read_bytes() == (tmp_path / "direct").read_bytes()
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("case", sorted(HOSTILE_TARS))
 def test_hostile_tar_is_refused_and_nothing_escapes(mkfs: Mkfs, tmp_path: Path, case: str) -> None:
-    entries, message = HOSTILE[case]
+    entries, message = HOSTILE_TARS[case]
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(DataError, match=_re(message)):
-        build(mkfs, _tar(entries), work / "layer.erofs")
+    with pytest.raises(DataError, match=re.escape(message)):
+        build(mkfs, tar_bytes(entries), work / "layer.erofs")
     assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
     assert {p.parent for p in tmp_path.rglob("*")} <= {tmp_path, work}
 
 
 def test_huge_declared_size_is_refused_before_mkfs_reads_it(mkfs: Mkfs, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="'big' declares 1099511627776 bytes, more than the"):
-        build(mkfs, _huge_header("big", 1 << 40), tmp_path / "img", max_bytes=64 << 30)
+        build(mkfs, huge_tar_header("big", 1 << 40), tmp_path / "img", max_bytes=64 << 30)
 
 
 def test_layer_budget_counts_all_files(mkfs: Mkfs, tmp_path: Path) -> None:
-    data = _tar([("a", b"x" * 600), ("b", b"y" * 600)])
+    data = tar_bytes([("a", b"x" * 600), ("b", b"y" * 600)])
     with pytest.raises(DataError, match="'b' declares 600 bytes, more than the layer limit"):
         build(mkfs, data, tmp_path / "img", max_bytes=1000)
 
 
 def test_truncated_tar_names_the_entry(mkfs: Mkfs, tmp_path: Path) -> None:
-    data = _tar([("file", b"z" * 100_000)])[:20_000]
+    data = tar_bytes([("file", b"z" * 100_000)])[:20_000]
     with pytest.raises(DataError, match="'file'"):
         build(mkfs, data, tmp_path / "img")
 
@@ -118,7 +125,7 @@ def test_not_a_tar(mkfs: Mkfs, tmp_path: Path) -> None:
 
 
 def _layout(tmp_path: Path) -> Path:
-    data = _tar([("usr/bin/tool", b"#!/bin/sh\n" * 300), ("etc/.wh.gone", b"")])
+    data = tar_bytes([("usr/bin/tool", b"#!/bin/sh\n" * 300), ("etc/.wh.gone", b"")])
     return build_layout(tmp_path / "src", [Image([data], "gzip")])
 
 
@@ -160,7 +167,7 @@ def test_tar_builder_needs_no_privileges(tmp_path: Path) -> None:
         info.type, info.devmajor, info.devminor, info.mode = tarfile.CHRTYPE, 1, 3, 0o666
         tar.addfile(info)
 
-    tree_tar = _tar([("usr/bin/tool", b"x" * 3000), ("etc/.wh.gone", b""), device])
+    tree_tar = tar_bytes([("usr/bin/tool", b"x" * 3000), ("etc/.wh.gone", b""), device])
     src = build_layout(tmp_path / "src", [Image([tree_tar], "zstd")])
     tar_flags = ("--builder", "tar", "--mkfs", tar_mode_mkfs())
     out = {}

@@ -12,7 +12,7 @@ import pytest
 
 from stream_processor.convert.tarstream import TarReader
 from stream_processor.errors import DataError
-from tests.test_convert_tarlayer import rich_tree
+from tests.builders import rich_tree
 
 LONG = "d" * 60 + "/" + "e" * 80 + "/" + "f" * 120
 

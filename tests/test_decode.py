@@ -20,8 +20,8 @@ import pytest
 import zstandard
 
 from stream_processor import mediatypes as mt
+from tests.builders import patch_superblock
 from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool, run_cli
-from tests.test_superblock import patch_superblock
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
 

@@ -1,6 +1,6 @@
 """Seekable layers as containerd's seekable-EROFS code reads them, with dm-verity data.
 
-``containerd_read`` below applies the rules of containerd's table reader (PR
+``containerd_read`` (tests/containerd_reader.py) applies the rules of containerd's table reader (PR
 12764, ``internal/erofsutils/seekable``: ``ReadChunkTable``, ``FrameBounds``,
 ``DecodeErofsFrame``; docs/seekable.md), written from those rules: the chunk
 table is found through the annotation, its payload must match the
@@ -33,76 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zstandard
 
 from stream_processor import dmverity, seekable
+from tests.builders import pack_bytes
 from tests.conftest import run_cli
-from tests.test_seekable import pack_bytes
-
-SKIPPABLE_MIN, SKIPPABLE_MAX = 0x184D2A50, 0x184D2A5F
-
-
-class RefusedByReader(Exception):
-    """containerd's reader would refuse this blob."""
-
-
-def _skippable(blob: bytes, offset: int) -> bytes:
-    if offset < 0 or offset + 8 > len(blob):
-        raise RefusedByReader(f"skippable frame header out of bounds at {offset}")
-    magic, size = struct.unpack_from("<II", blob, offset)
-    if not SKIPPABLE_MIN <= magic <= SKIPPABLE_MAX:
-        raise RefusedByReader(f"not zstd skippable magic: 0x{magic:08x}")
-    if offset + 8 + size > len(blob):
-        raise RefusedByReader("skippable payload out of bounds")
-    return blob[offset + 8 : offset + 8 + size]
-
-
-def containerd_read(blob: bytes, annotations: dict[str, str], diff_id: str) -> bytes:
-    """The raw image, read frame by frame as containerd's seekable reader reads it."""
-    table_offset = int(annotations[seekable.ANNOTATION_TABLE_OFFSET])
-    payload = _skippable(blob, table_offset)
-    expected = annotations.get(seekable.ANNOTATION_TABLE_DIGEST, "")
-    if expected:  # optional: ReadChunkTable checks the digest only when it is given
-        algo, _, hexdigest = expected.partition(":")
-        if algo != "sha512":
-            raise RefusedByReader(f'unsupported digest algorithm "{algo}" (only sha512 supported)')
-        if hashlib.sha512(payload).hexdigest() != hexdigest:
-            raise RefusedByReader("chunk table integrity check failed")
-    if len(payload) < 23:
-        raise RefusedByReader("failed to read chunk table header")
-    magic, version, size, chunk, hash_algo, reserved = struct.unpack_from("<IIQIBH", payload)
-    if magic != 0xCDE4EC67 or version != 1 or chunk == 0 or reserved != 0:
-        raise RefusedByReader("bad chunk table header")
-    if hash_algo not in (0, 1):
-        raise RefusedByReader(f"unknown chunk table hash algo {hash_algo}")
-    hash_size = {0: 0, 1: 64}[hash_algo]
-    count = -(-size // chunk)
-    if len(payload) != 23 + count * (8 + hash_size):
-        raise RefusedByReader("chunk table payload size mismatch")
-    entries = []
-    for i in range(count):
-        at = 23 + i * (8 + hash_size)
-        (offset,) = struct.unpack_from("<Q", payload, at)
-        entries.append((offset, payload[at + 8 : at + 8 + hash_size]))
-    image = bytearray()
-    dctx = zstandard.ZstdDecompressor()
-    for i, (start, checksum) in enumerate(entries):
-        end = entries[i + 1][0] if i + 1 < count else table_offset
-        if start > table_offset or end > table_offset:  # FrameBounds
-            raise RefusedByReader(f"chunk {i} out of bounds")
-        if end <= start:  # DecodeErofsFrame
-            raise RefusedByReader(f"chunk {i}: invalid frame bounds [{start}, {end})")
-        frame = blob[start:end]
-        if checksum and hashlib.sha512(frame).digest() != checksum:
-            raise RefusedByReader("frame checksum mismatch (SHA-512)")
-        image += dctx.decompressobj().decompress(frame)
-    if "sha256:" + hashlib.sha256(image).hexdigest() != diff_id:
-        raise RefusedByReader("decoded bytes do not hash to the diff_id")
-    return bytes(image)
+from tests.containerd_reader import RefusedByReader, containerd_read, skippable_payload
 
 
 def verity_payload(blob: bytes, annotations: dict[str, str]) -> bytes:
-    return _skippable(blob, int(annotations[seekable.ANNOTATION_VERITY_OFFSET]))
+    return skippable_payload(blob, int(annotations[seekable.ANNOTATION_VERITY_OFFSET]))
 
 
 def veritysetup() -> str:
@@ -140,7 +79,7 @@ def test_layer_passes_containerds_reader(layer: tuple[bytes, Any], erofs_bytes: 
     # the dm-verity frame comes right after the chunk table, and ends the blob
     table_offset = int(annotations[seekable.ANNOTATION_TABLE_OFFSET])
     verity_offset = int(annotations[seekable.ANNOTATION_VERITY_OFFSET])
-    assert verity_offset == table_offset + 8 + len(_skippable(blob, table_offset))
+    assert verity_offset == table_offset + 8 + len(skippable_payload(blob, table_offset))
     assert verity_offset + 8 + len(verity_payload(blob, annotations)) == len(blob)
     assert blob[verity_offset : verity_offset + 4] == (0x184D2A50).to_bytes(4, "little")
 
@@ -150,7 +89,7 @@ def test_the_reader_refuses_the_old_sha256_form(
 ) -> None:
     blob, record = layer
     annotations = dict(record["annotations"])
-    payload = _skippable(blob, int(annotations[seekable.ANNOTATION_TABLE_OFFSET]))
+    payload = skippable_payload(blob, int(annotations[seekable.ANNOTATION_TABLE_OFFSET]))
     annotations[seekable.ANNOTATION_TABLE_DIGEST] = "sha256:" + hashlib.sha256(payload).hexdigest()
     with pytest.raises(RefusedByReader, match="only sha512"):
         containerd_read(blob, annotations, _json_field(record, "diff_id", "diffID"))
@@ -452,7 +391,9 @@ def _set_chunk_digests(layout: Path, form: str) -> None:
     assert "layers" in manifest  # index.json lists the manifest itself
     for desc in manifest["layers"]:
         blob = (blobs / desc["digest"].split(":")[1]).read_bytes()
-        payload = _skippable(blob, int(desc["annotations"][seekable.ANNOTATION_TABLE_OFFSET]))
+        payload = skippable_payload(
+            blob, int(desc["annotations"][seekable.ANNOTATION_TABLE_OFFSET])
+        )
         value = "sha256:" + hashlib.sha256(payload).hexdigest()
         if form == "bad":
             value = "sha512:" + "0" * 128

@@ -12,10 +12,10 @@ import pytest
 
 from stream_processor import dmverity, seekable
 from stream_processor.inspection import format_table, inspect_path
-from stream_processor.mediatypes import Compression
+from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD, Compression
 from stream_processor.pack import PackResult
+from tests.builders import CHUNK, assemble, pack_bytes, split
 from tests.conftest import FIXED_UUID, run_cli
-from tests.test_seekable import CHUNK, assemble, pack_bytes, split
 
 
 def inspect_json(blob: bytes, *extra: str) -> tuple[int, dict[str, Any], str]:
@@ -254,15 +254,15 @@ def test_tar_layer_on_the_shared_route_is_valid(sample_tree: Path) -> None:
 
     blob = zstandard.ZstdCompressor().compress(tar_tree(sample_tree))
     for args, env in (
-        (["--media-type", "application/vnd.oci.image.layer.v1.tar+zstd"], {}),
+        (["--media-type", OCI_LAYER_TAR_ZSTD], {}),
         (["--media-type", "tar+zstd"], {}),  # the short name config --routes takes
-        ([], {"STREAM_PROCESSOR_MEDIATYPE": "application/vnd.oci.image.layer.v1.tar+zstd"}),
+        ([], {"STREAM_PROCESSOR_MEDIATYPE": OCI_LAYER_TAR_ZSTD}),
     ):
         proc = run_cli(["inspect", "--json", *args, "-"], blob, env=env)
         data = json.loads(proc.stdout)
         assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
         assert data["payload"] == "tar" and data["erofs"] is None and data["error"] is None
-        assert data["media_type"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+        assert data["media_type"] == OCI_LAYER_TAR_ZSTD
     text = run_cli(["inspect", "--media-type", "tar+zstd", "-"], blob).stdout.decode()
     assert re.search(r"^payload +tar archive \(passed through unchanged", text, re.M)
     assert "would not decode" not in text and "error" not in text

@@ -9,6 +9,17 @@ from stream_processor.errors import UsageError
 from stream_processor.mediatypes import Compression, Payload
 
 
+def test_media_type_names_are_the_registered_strings() -> None:
+    """The other tests use these constants instead of retyping the strings; this pins
+    them to what containerd, the OCI spec and images in the field spell out."""
+    assert mt.EROFS_LAYER == "application/vnd.erofs.layer.v1"
+    assert mt.EROFS_LAYER_ZSTD == "application/vnd.erofs.layer.v1+zstd"
+    assert mt.EROFS_LAYER_GZIP == "application/vnd.erofs.layer.v1+gzip"
+    assert mt.OCI_LAYER_TAR == "application/vnd.oci.image.layer.v1.tar"
+    assert mt.OCI_LAYER_TAR_ZSTD == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert mt.OCI_LAYER_TAR_GZIP == "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
 @pytest.mark.parametrize(
     ("media_type", "compression", "payload"),
     [

@@ -31,7 +31,17 @@ from tests.conftest import run_cli
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4096", 4096), ("4KiB", 4096), ("4k", 4096), ("4M", 4 << 20), ("64GiB", 64 << 30)],
+    [
+        ("4096", 4096),
+        ("512", 512),
+        ("4KiB", 4096),
+        ("4k", 4096),
+        ("8k", 8192),
+        ("4M", 4 << 20),
+        ("4MiB", 4 << 20),
+        ("64G", 64 << 30),
+        ("64GiB", 64 << 30),
+    ],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
@@ -43,6 +53,8 @@ def test_parse_size(text: str, value: int) -> None:
         ("lots", "not a size: 'lots'"),
         ("", "not a size: ''"),
         ("4XB", "not a size: '4XB'"),
+        ("k", "not a size: 'k'"),
+        ("MiB", "not a size: 'MiB'"),
         ("1.5M", "not a size: '1.5M'"),
         ("0", "size must be positive: '0'"),
         ("-4K", "size must be positive: '-4K'"),

@@ -24,8 +24,14 @@ import pytest
 
 from stream_processor import seekable
 from stream_processor.errors import DataError, UsageError
-from stream_processor.mediatypes import Compression
+from stream_processor.mediatypes import (
+    EROFS_LAYER,
+    EROFS_LAYER_GZIP,
+    EROFS_LAYER_ZSTD,
+    Compression,
+)
 from stream_processor.pack import DEFAULT_CHUNK_SIZE, PackProgress, build_image, pack_image
+from tests.builders import pack_bytes, split
 from tests.conftest import (
     FIXED_TIME,
     FIXED_UUID,
@@ -35,22 +41,21 @@ from tests.conftest import (
     require_tool,
     run_cli,
 )
-from tests.test_seekable import pack_bytes, split
 
 LAYOUTS = {
     # name: (pack CLI options, media type, stock decoder command)
     "zstd-chunked": (
         ["--compression", "zstd", "--chunk-size", "16KiB"],
-        "application/vnd.erofs.layer.v1+zstd",
+        EROFS_LAYER_ZSTD,
         ["zstd", "-dc"],
     ),
     "zstd-plain": (
         ["--compression", "zstd", "--no-chunk-table"],
-        "application/vnd.erofs.layer.v1+zstd",
+        EROFS_LAYER_ZSTD,
         ["zstd", "-dc"],
     ),
-    "gzip": (["--compression", "gzip"], "application/vnd.erofs.layer.v1+gzip", ["gzip", "-dc"]),
-    "none": (["--compression", "none"], "application/vnd.erofs.layer.v1", ["cat"]),
+    "gzip": (["--compression", "gzip"], EROFS_LAYER_GZIP, ["gzip", "-dc"]),
+    "none": (["--compression", "none"], EROFS_LAYER, ["cat"]),
 }
 
 

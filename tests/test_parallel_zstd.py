@@ -234,7 +234,7 @@ def test_table_verifies_whether_frames_are_streamed_or_pooled(
     erofs_bytes: bytes, max_frame: int
 ) -> None:
     from stream_processor.seekable import ChunkTableVerifier
-    from tests.test_seekable import pack_bytes, split
+    from tests.builders import pack_bytes, split
 
     blob, _ = pack_bytes(erofs_bytes)
     parts = split(blob)

@@ -9,14 +9,12 @@ table hash, an offset, a size, the header. Every corruption must end in exit
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import struct
 import subprocess
 import tempfile
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,72 +25,10 @@ from hypothesis import strategies as st
 from stream_processor import seekable
 from stream_processor.decode import DecodeOptions, DecodeResult, decode
 from stream_processor.errors import DataError
-from stream_processor.mediatypes import Compression
-from stream_processor.pack import PackResult, pack_image
+from stream_processor.mediatypes import EROFS_LAYER_ZSTD, OCI_LAYER_TAR_ZSTD
+from stream_processor.pack import PackResult
+from tests.builders import CHUNK, assemble, pack_bytes, split
 from tests.conftest import run_cli
-
-CHUNK = 16 * 1024  # the ~200 KiB sample image gives a dozen chunks
-
-
-def pack_bytes(
-    image: bytes,
-    *,
-    compression: Compression = Compression.ZSTD,
-    chunk_size: int | None = CHUNK,
-    threads: int = 1,
-    level: int | None = None,
-    dm_verity_block_size: int | None = None,
-) -> tuple[bytes, PackResult]:
-    out = io.BytesIO()
-    result = pack_image(
-        io.BytesIO(image),
-        out,
-        compression=compression,
-        chunk_size=chunk_size,
-        threads=threads,
-        level=level,
-        dm_verity_block_size=dm_verity_block_size,
-    )
-    return out.getvalue(), result
-
-
-@dataclass
-class Parts:
-    """A packed blob taken apart: the chunk frames and the table payload."""
-
-    frames: list[bytes]
-    table: bytes
-
-    @property
-    def header(self) -> tuple[int, int, int, int, int, int]:
-        fields: tuple[int, int, int, int, int, int] = seekable.HEADER.unpack_from(self.table)
-        return fields
-
-
-def split(blob: bytes) -> Parts:
-    """Cut a blob from ``pack_image`` into frames and table (it is the last frame)."""
-    offsets: list[int] = []
-    at = 0
-    while True:
-        magic = int.from_bytes(blob[at : at + 4], "little")
-        if magic == seekable.SKIPPABLE_TABLE_MAGIC:
-            size = int.from_bytes(blob[at + 4 : at + 8], "little")
-            table = blob[at + 8 : at + 8 + size]
-            assert at + 8 + size == len(blob)
-            break
-        offsets.append(at)
-        params = zstandard.get_frame_parameters(blob[at : at + 18])
-        # frames from pack_image carry their content size: decompress to find the end
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        dobj.decompress(blob[at:])
-        at = len(blob) - len(dobj.unused_data)
-        assert params.content_size > 0
-    ends = [*offsets[1:], at]
-    return Parts([blob[s:e] for s, e in zip(offsets, ends, strict=True)], table)
-
-
-def assemble(frames: list[bytes], table: bytes, *, before_table: bytes = b"") -> bytes:
-    return b"".join(frames) + before_table + seekable.skippable_frame(table)
 
 
 def table_for(frames: list[bytes], size: int, chunk: int = CHUNK) -> bytes:
@@ -532,9 +468,7 @@ def test_cli_rejects_a_bad_table_with_one_line_and_no_full_image(
     table[23 + 72] ^= 0x01  # chunk 1's offset, one byte off (checked with or without hashes)
     blob = assemble(parts.frames, bytes(table))
     for threads in ("1", "2"):
-        proc = run_cli(
-            ["--threads", threads, "--media-type", "application/vnd.erofs.layer.v1+zstd"], blob
-        )
+        proc = run_cli(["--threads", threads, "--media-type", EROFS_LAYER_ZSTD], blob)
         assert proc.returncode == 65
         lines = proc.stderr.decode().strip().splitlines()
         assert len(lines) == 1 and "chunk 1" in lines[0], lines
@@ -598,7 +532,7 @@ def test_shared_tar_zstd_route_verifies_tables_too(
     and a multi-frame tar layer with no table still passes through byte for byte."""
     import tarfile
 
-    route = ["--media-type", "application/vnd.oci.image.layer.v1.tar+zstd"]
+    route = ["--media-type", OCI_LAYER_TAR_ZSTD]
     parts = split(packed[0])
     table = bytearray(parts.table)
     table[23 + 3 * 72 + 8] ^= 1

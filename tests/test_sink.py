@@ -5,12 +5,32 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from stream_processor.errors import InputOutputError, ReaderGone
 from stream_processor.sink import DEFAULT_HOLD, RING, HoldbackSink
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+
+def _writing_threads(monkeypatch: pytest.MonkeyPatch, fd: int) -> list[threading.Thread]:
+    """The threads that write to ``fd``, in order: with ``background=True`` the sink's
+    writer thread, not the caller's (the real ``os.writev`` still does the writing)."""
+    threads: list[threading.Thread] = []
+    real = os.writev
+
+    def writev(target: int, buffers: Sequence[ReadableBuffer]) -> int:
+        if target == fd:
+            threads.append(threading.current_thread())
+        return real(target, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    return threads
 
 
 def test_tail_is_held_until_release(tmp_path: Path) -> None:
@@ -70,18 +90,22 @@ def test_background_writer_keeps_order_and_tail(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("target", "error"), [("pipe", ReaderGone), ("/dev/full", InputOutputError)]
 )
-def test_background_write_errors_stop_the_decode(target: str, error: type[Exception]) -> None:
+def test_background_write_errors_stop_the_decode(
+    target: str, error: type[Exception], monkeypatch: pytest.MonkeyPatch
+) -> None:
     if target == "pipe":
         r, fd = os.pipe()
         os.close(r)
     else:
         fd = os.open(target, os.O_WRONLY)
+    writers = _writing_threads(monkeypatch, fd)
     sink = HoldbackSink(fd, hold=1, batch=1, background=True)
     with pytest.raises(error):
         for _ in range(100):  # the writer's error surfaces at a later batch or at release
             sink.write(b"data")
         sink.release()
-    assert sink._writer is not None  # the errors came through the writer thread
+    # the errors came through the writer thread
+    assert writers and threading.current_thread() not in writers
     os.close(fd)
 
 
@@ -104,11 +128,14 @@ def _pattern(size: int) -> bytes:
 
 @pytest.mark.parametrize("background", [True, False])
 @pytest.mark.parametrize("step", [1000, 128 * 1024, 200_000])
-def test_ring_keeps_bytes_order_and_tail(tmp_path: Path, step: int, background: bool) -> None:
+def test_ring_keeps_bytes_order_and_tail(
+    tmp_path: Path, step: int, background: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Regions of the ring are lent, held back, written and lent again: the output is the
     input, and before release nothing of the last ``hold`` bytes has been written."""
     out = tmp_path / "out"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    writers = _writing_threads(monkeypatch, fd)
     sink = HoldbackSink(fd, background=background)
     data = _pattern(5 << 20)
     _lend_and_fill(sink, data, step)
@@ -116,7 +143,9 @@ def test_ring_keeps_bytes_order_and_tail(tmp_path: Path, step: int, background: 
     while sink._ring_in_flight and time.monotonic() < deadline:
         time.sleep(0.01)  # let the writer thread write what it was handed
     assert 0 < out.stat().st_size <= len(data) - DEFAULT_HOLD
-    assert sink._ring is not None and (sink._writer is not None) == background
+    assert sink._ring is not None
+    # every write so far by the writer thread (background) or by the caller (not)
+    assert {t is threading.current_thread() for t in writers} == {not background}
     sink.release()
     os.close(fd)
     assert out.read_bytes() == data and sink.written == len(data) == sink.received

@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from stream_processor import superblock as sb
 from stream_processor.errors import DataError
+from tests.builders import patch_superblock
 from tests.conftest import FIXED_UUID
-
-
-def patch_superblock(
-    image: bytes, offset: int, fmt: str, value: int, fix_checksum: bool = True
-) -> bytes:
-    """``image`` with one superblock field set, its CRC32C resealed unless asked not to."""
-    data = bytearray(image)
-    struct.pack_into(fmt, data, sb.SUPERBLOCK_OFFSET + offset, value)
-    if fix_checksum:
-        parsed = sb.parse(data)
-        start, end = parsed.checksum_region()
-        region = bytearray(data[start:end])
-        region[4:8] = b"\0\0\0\0"
-        struct.pack_into("<I", data, sb.SUPERBLOCK_OFFSET + 4, sb.crc32c(region))
-    return bytes(data)
 
 
 def test_crc32c_known_vector() -> None:
