@@ -18,7 +18,6 @@ import shutil
 import stat
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -379,35 +378,6 @@ def test_progress_lines_on_a_terminal(source: Path, tmp_path: Path) -> None:
     assert len(layer_lines) == 3, text
     assert all(" read " in line and " erofs " in line and " zstd " in line for line in layer_lines)
     assert "converted 3 layer(s)" in text.splitlines()[-1]
-
-
-def test_sigterm_leaves_no_partial_output(tmp_path: Path) -> None:
-    import signal
-    import sys
-
-    from tests.conftest import ROOT
-
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    for i in range(40):  # ~80 MB of incompressible files: seconds of work
-        (tree / f"f{i}").write_bytes(os.urandom(2 << 20))
-    src = build_layout(tmp_path / "src", [Image([tar_tree(tree)], "none")])
-    shutil.rmtree(tree)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_processor", "convert", str(src), str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 30
-    while not any(p.name.startswith(".out.converting-") for p in tmp_path.iterdir()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.02)
-    time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 128 + signal.SIGTERM
-    assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
 # ---------------------------------------------------------------- bad input
