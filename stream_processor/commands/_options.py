@@ -24,8 +24,7 @@ from types import FrameType
 from typing import Any
 
 from stream_processor import seekable
-from stream_processor.commands.decode import _threads as parse_threads
-from stream_processor.commands.decode import parse_size
+from stream_processor.commands.decode import parse_size, parse_threads
 from stream_processor.errors import Terminated, UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.sizes import human

@@ -71,7 +71,7 @@ def parse_size(text: str) -> int:
     return value
 
 
-def _threads(text: str) -> int:
+def parse_threads(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -130,7 +130,7 @@ OPTIONS = (
     ),
     _Option(
         "--threads",
-        _threads,
+        parse_threads,
         None,
         "threads for independent zstd frames (default: 2, or 1 with a single CPU)",
     ),
