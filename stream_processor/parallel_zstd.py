@@ -31,11 +31,10 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 
-import zstandard
-
 from stream_processor.errors import DataError
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.source import Source
+from stream_processor.zstd_backend import zstandard
 from stream_processor.zstd_codec import (
     FrameHeader,
     FrameObserver,

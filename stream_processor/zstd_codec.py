@@ -27,8 +27,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
-import zstandard
-
 from stream_processor.errors import DataError
 from stream_processor.framing import (
     DEFAULT_MAX_WINDOW,
@@ -40,6 +38,7 @@ from stream_processor.framing import (
     check_frame_budget,
 )
 from stream_processor.source import Source
+from stream_processor.zstd_backend import zstandard
 
 if TYPE_CHECKING:
     from typing import IO

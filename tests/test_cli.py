@@ -378,7 +378,9 @@ def test_log_record_rendering() -> None:
 
 def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> None:
     """What every layer's start-up must not pay for (issue 12): argparse, the log module
-    without a record to write, hashlib without a frame to hash, structlog, a thread pool."""
+    without a record to write, hashlib without a frame to hash, structlog, a thread pool,
+    and python-zstandard's package ``__init__`` (``platform``): ``zstd_backend`` loads
+    its C backend alone."""
     tree = tmp_path / "t"
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
@@ -404,6 +406,8 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
         "structlog",
         "concurrent.futures",
         "json",
+        "platform",
+        "zstandard",
     ):
         assert name not in imported, name
 
