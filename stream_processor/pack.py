@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, TextIO
 from stream_processor import dmverity, mediatypes, seekable, superblock
 from stream_processor.errors import DataError, InputOutputError, UsageError
 from stream_processor.mediatypes import Compression
-from stream_processor.sizes import human
+from stream_processor.sizes import human, of_total
 from stream_processor.validator import check_complete, describe
 
 DEFAULT_CHUNK_SIZE = 4 << 20
@@ -141,9 +141,7 @@ class PackProgress:
     def line(self, bytes_in: int, bytes_out: int) -> str:
         """The text of the live line for these counts (no redraw)."""
         elapsed = max(self._clock() - self._started, 1e-9)
-        read = human(bytes_in)
-        if self._total:
-            read += f" of {human(self._total)} ({100 * bytes_in // self._total}%)"
+        read = of_total(bytes_in, self._total) if self._total else human(bytes_in)
         return f"packing: read {read}, wrote {human(bytes_out)}, {human(int(bytes_in / elapsed))}/s"
 
     def update(self, bytes_in: int, bytes_out: int) -> None:

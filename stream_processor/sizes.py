@@ -26,3 +26,8 @@ def human(n: int | None) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def of_total(n: int, total: int) -> str:
+    """``3 MiB of 12 MiB (25%)``: progress through a known total (capped at 100%)."""
+    return f"{human(n)} of {human(total)} ({min(100, 100 * n // total)}%)"

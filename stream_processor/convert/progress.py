@@ -15,7 +15,7 @@ import time
 from typing import TextIO
 
 from stream_processor.convert.layers import PHASE_MKFS, PHASES, LayerReport
-from stream_processor.sizes import human
+from stream_processor.sizes import human, of_total
 
 REFRESH_S = 0.5
 
@@ -106,10 +106,7 @@ class Progress:
         text = f"{short(digest)} {PHASES[index]}"
         if index == PHASE_MKFS:
             return text
-        text += f" {human(nbytes)}"
-        if total:
-            text += f" of {human(total)} ({min(100, 100 * nbytes // total)}%)"
-        return text
+        return f"{text} {of_total(nbytes, total) if total else human(nbytes)}"
 
     def _clear(self) -> None:
         if self._status_shown:
