@@ -20,14 +20,11 @@ the decode path.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
-import signal
 import tempfile
-import threading
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +37,10 @@ from stream_processor.errors import (
     DataError,
     InputOutputError,
     ProcessorError,
-    Terminated,
     UsageError,
     no_such_file,
 )
+from stream_processor.signals import unwinding
 
 EXIT_CONFLICT = 1
 DEFAULT_BACKUP_SUFFIX = ".bak"
@@ -548,31 +545,9 @@ def write(path: str, before: str, after: str, backup_suffix: str = DEFAULT_BACKU
         st = os.stat(target)
     except OSError as exc:
         raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
-    with _cleanup_on_signals():
+    with unwinding():  # SIGTERM/SIGHUP/SIGINT: the staged temporaries are removed
         _replace_all(((backup, before), (target, after)), st, path)
     return backup
-
-
-@contextlib.contextmanager
-def _cleanup_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``Terminated`` while temporaries exist, so they are removed.
-
-    (SIGINT already raises KeyboardInterrupt.) Without this, a kill between
-    staging and renaming would leave a ``.config.toml.XXXX`` beside the config.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _replace_all(files: tuple[tuple[str, str], ...], st: os.stat_result, path: str) -> None:

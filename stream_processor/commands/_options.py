@@ -7,26 +7,21 @@ a level is checked against its codec as soon as the codec is known, also
 before anything is written. ``parse_size`` and the thread-count parser are
 the decoder's own (``commands.decode``), reused rather than copied.
 
-``unwinds_on_signals`` makes SIGTERM, SIGHUP and SIGINT raise in the main
-thread, so every ``finally`` that removes a temporary file or staging
-directory runs, and the command exits 128 + the signal number, as a shell
-reports a process killed by it.
+``unwinds_on_signals`` (from ``stream_processor.signals``, re-exported here)
+makes SIGTERM, SIGHUP and SIGINT unwind a command so its temporaries are
+removed.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import signal
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
 from stream_processor import seekable
 from stream_processor.commands.decode import parse_size, parse_threads
-from stream_processor.errors import Terminated, UsageError
+from stream_processor.errors import UsageError
 from stream_processor.mediatypes import Compression
+from stream_processor.signals import SIGNALS, Signalled, unwinds_on_signals
 from stream_processor.sizes import human
 
 __all__ = [
@@ -139,45 +134,3 @@ def add_mkfs_argument(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the mkfs.erofs to run (default: $EROFS_SP_MKFS, else mkfs.erofs on PATH)",
     )
-
-
-# -- signals ----------------------------------------------------------------------------
-
-SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
-
-
-class Signalled(Terminated):
-    """SIGTERM, SIGHUP or SIGINT arrived: unwind (removing temporaries), exit 128 + signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
-
-
-def _raise_signalled(signum: int, frame: FrameType | None) -> None:
-    raise Signalled(signum)
-
-
-def unwinds_on_signals(run: Callable[[Any], int]) -> Callable[[Any], int]:
-    """Wrap a command's ``run``: the three signals unwind it and give 128 + signum.
-
-    The handlers are installed only while ``run`` runs, and the previous
-    ones put back after, so importing a command changes nothing.
-    """
-
-    @functools.wraps(run)
-    def wrapper(args: Any) -> int:
-        previous = {signum: signal.signal(signum, _raise_signalled) for signum in SIGNALS}
-        try:
-            return run(args)
-        except Signalled as exc:
-            return exc.exit_code
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    return wrapper

@@ -14,6 +14,7 @@ import sys
 from stream_processor import PROG, log, mediatypes
 from stream_processor import containerd_config as cc
 from stream_processor.errors import ProcessorError, UsageError
+from stream_processor.signals import unwinds_on_signals
 
 EXIT_CHECK_FAILED = 1
 
@@ -179,6 +180,7 @@ def _report(report: cc.CheckReport) -> int:
     return EXIT_CHECK_FAILED if report.problems else 0
 
 
+@unwinds_on_signals  # --merge's staged temporaries are removed on SIGTERM/SIGHUP/SIGINT
 def run(args: argparse.Namespace) -> int:
     mode = _mode(args)
     profile = cc.profile_for(args.containerd_version, args.differ)
