@@ -42,7 +42,7 @@ bench-wire: install  # wire size by chunk size and zstd level; ~10 minutes, not 
 	$(PY) benchmarks/bench_wire.py
 
 demo: install
-	$(PY) -m stream_processor.demo
+	$(PY) tests/demo.py
 
 fuzz: install  # 10 minutes of atheris over every route; make test runs 20 s of it
 	$(PY) tests/fuzz/fuzz_decode.py -max_total_time=600 -print_final_stats=1

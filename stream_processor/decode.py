@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from stream_processor import compression as codecs
-from stream_processor import mediatypes
+from stream_processor import codecs, mediatypes
 from stream_processor.errors import DataError, ReaderGone, Terminated
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.mediatypes import Compression, Payload
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
     from stream_processor.seekable import ChunkTableVerifier
     from stream_processor.zstd_codec import Output
 
-# With ``tune_malloc``, glibc's allocator is tuned (``parallel_zstd.tune_malloc``) once
+# With ``tune_malloc``, glibc's allocator is tuned (``zstd_parallel.tune_malloc``) once
 # this much output has gone by: every ~1 MiB output chunk was otherwise faulted in afresh
 # (measured: about half the page faults and 5-8 % less CPU for a 563 MB layer fed and
 # drained as containerd does), while a small layer never pays for importing ctypes.
@@ -125,7 +124,7 @@ def _zstd_chunks(
     out: Output,
 ) -> Iterator[bytes | memoryview]:
     if options.threads > 1:
-        from stream_processor.parallel_zstd import decode_zstd_parallel_into
+        from stream_processor.zstd_parallel import decode_zstd_parallel_into
 
         return decode_zstd_parallel_into(
             src,
@@ -174,7 +173,7 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
                 chunk = bytes(chunk)
             gate.feed(chunk)
             if 0 <= tune_at < gate.size:
-                from stream_processor.parallel_zstd import tune_malloc
+                from stream_processor.zstd_parallel import tune_malloc
 
                 tune_malloc()
                 tune_at = -1

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from stream_processor import compression as codecs
-from stream_processor import mediatypes, seekable, superblock
+from stream_processor import codecs, mediatypes, seekable, superblock
 from stream_processor.dmverity import ImageSpool
 from stream_processor.errors import DataError
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
@@ -333,7 +332,7 @@ def inspect_fd(
 
 def _zstd(src: Source, threads: int, max_window_size: int, recorder: _Recorder) -> Iterator[bytes]:
     if threads > 1:
-        from stream_processor.parallel_zstd import decode_zstd_parallel
+        from stream_processor.zstd_parallel import decode_zstd_parallel
 
         return decode_zstd_parallel(
             src, threads=threads, max_window_size=max_window_size, observer=recorder

@@ -98,7 +98,7 @@ def walk_frames(src: Source, observer: FrameObserver | None, stats: ZstdStats) -
     The caller consumes the frame (and ``stats.count_frame``s it) before asking
     for the next. Skippable frames are consumed here; stray bytes, anything that
     is not zstd, framing bombs and a stream without data frames are refused.
-    Shared by the streaming decoder below and ``parallel_zstd``.
+    Shared by the streaming decoder below and ``zstd_parallel``.
     """
     while True:
         head = src.peek(8)

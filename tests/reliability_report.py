@@ -239,7 +239,7 @@ def threads_memory_row(seeds: list[rh.Seed]) -> Row:
     except AssertionError as exc:
         failures = 1
         first = str(exc).splitlines()[0] if str(exc) else "assertion failed"
-        outcome = f"open finding (parallel_zstd, issue 4): {first[:120]}"
+        outcome = f"open finding (zstd_parallel, issue 4): {first[:120]}"
     return Row(
         "hostile sizes",
         "140 KiB layer of ten 64 MiB zstd frames, --threads 16, 1 GiB RLIMIT_AS",
@@ -418,7 +418,7 @@ error instead of exit 74; a log file that is a FIFO with no reader hung the
 process forever after the image was written (now opened non-blocking:
 logging is off, the pull goes on); the parallel frame decoder held
 (threads + 1) x 64 MiB, so a 140 KiB layer of 64 MiB frames on
-`--threads 8` exceeded 1 GiB (fixed in `parallel_zstd` by its owner: frames
+`--threads 8` exceeded 1 GiB (fixed in `zstd_parallel` by its owner: frames
 over 16 MiB stream). Known limit: with stdin a
 *directory*, CPython itself refuses to start ("<stdin> is a directory",
 exit 1) before any of the program runs, so EISDIR cannot be reached; read

@@ -431,7 +431,7 @@ def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
     assert proc.stdout == image
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "stream_processor.gzip_codec" in imported
-    for name in ("zstandard", "stream_processor.zstd_codec", "stream_processor.parallel_zstd"):
+    for name in ("zstandard", "stream_processor.zstd_codec", "stream_processor.zstd_parallel"):
         assert name not in imported, name
 
 

@@ -346,7 +346,7 @@ def test_big_frames_on_many_threads_stay_within_memory(seeds: list[rh.Seed]) -> 
     The default thread count is the host's CPU count, so on a large node a
     hostile multi-frame layer would otherwise claim gigabytes per decode.
     (Found by this test with --threads 8: MemoryError, exit 70; fixed in
-    parallel_zstd by streaming frames that declare more than 16 MiB.)
+    zstd_parallel by streaming frames that declare more than 16 MiB.)
     """
     image = _by_name(seeds, "raw").data
     cctx = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)

@@ -16,13 +16,13 @@ import zstandard
 
 from stream_processor.errors import DataError
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
-from stream_processor.parallel_zstd import (
+from stream_processor.source import Source
+from stream_processor.zstd_codec import decode_zstd
+from stream_processor.zstd_parallel import (
     MAX_PARALLEL_FRAME,
     ParallelDecoder,
     decode_zstd_parallel,
 )
-from stream_processor.source import Source
-from stream_processor.zstd_codec import decode_zstd
 from tests.conftest import run_cli
 
 
@@ -265,7 +265,7 @@ def test_in_flight_output_is_budgeted_whatever_the_thread_count(
     monkeypatch: pytest.MonkeyPatch, erofs_bytes: bytes
 ) -> None:
     """--threads 64 must not hold 65 frames: the declared output in flight is capped."""
-    import stream_processor.parallel_zstd as pz
+    import stream_processor.zstd_parallel as pz
 
     monkeypatch.setattr(pz, "IN_FLIGHT_BUDGET", 3 * 4096)
     blob = b"".join(frames_of(erofs_bytes, 4096))
