@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from stream_processor import PROG, __version__
 from stream_processor.errors import (
@@ -25,9 +23,11 @@ from stream_processor.errors import (
     Terminated,
 )
 
-if TYPE_CHECKING:  # argparse and typing.Protocol cost ~5 ms: never on a layer's start-up
+TYPE_CHECKING = False  # typing.TYPE_CHECKING: typing and argparse never load on a layer's start
+if TYPE_CHECKING:
     import argparse
-    from typing import Protocol
+    from collections.abc import Sequence
+    from typing import Any, Protocol
 
     class Command(Protocol):
         """What every ``stream_processor.commands`` module provides.

@@ -6,14 +6,14 @@ imported when it is chosen, so a gzip layer never loads zstandard.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from stream_processor.framing import GZIP_MAGIC, ZstdStats, is_zstd_start
 from stream_processor.mediatypes import Compression
 from stream_processor.source import READ_SIZE, Source
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from stream_processor.zstd_codec import FrameObserver
 
 

@@ -8,9 +8,6 @@ and the gate's final checks passed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
-
 from stream_processor import codecs, mediatypes
 from stream_processor.errors import DataError, ReaderGone, Terminated
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
@@ -19,7 +16,10 @@ from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
 from stream_processor.validator import DEFAULT_MAX_OUTPUT, ImageGate, Kind, Verdict, describe
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from stream_processor.seekable import ChunkTableVerifier
     from stream_processor.zstd_codec import Output
 

@@ -8,15 +8,17 @@ containerd 2.3 sends zstd-wrapped EROFS down the ordinary ``tar+zstd`` route.
 It is also the one vocabulary of the command line: the short names
 (``tar+zstd``...) that ``decode``, ``inspect`` and ``config --routes`` accept,
 and the one "supported" listing they print. Imported on every decode, so it
-imports nothing beyond ``enum``/``typing`` and ``errors``.
+imports nothing but ``errors`` (see ``Named``).
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import NamedTuple
-
 from stream_processor.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import ClassVar, Self
 
 ENV_MEDIA_TYPE = "STREAM_PROCESSOR_MEDIATYPE"
 
@@ -29,27 +31,85 @@ OCI_LAYER_TAR_GZIP = OCI_LAYER_TAR + "+gzip"
 OCI_LAYER_EROFS = "application/vnd.oci.image.layer.v1.erofs"
 
 
-class Compression(Enum):
+class Named:
+    """A fixed set of named values, compared with ``is``, as ``enum.Enum`` members are.
+
+    Not ``Enum`` itself: the decode path is started once per layer, and ``enum`` (with
+    the ``functools`` and ``collections`` it loads) was a measurable part of that start
+    (README "Performance"). A subclass declares its members as ``ClassVar`` names and
+    creates them with ``_define``; ``of`` finds one by value and ``all`` lists them.
+    """
+
+    __slots__ = ("value",)
+    _members: ClassVar[dict[str, Named]]
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.value}>"
+
+    @classmethod
+    def _define(cls, *values: str) -> Iterator[Self]:
+        """The members, in order; call once per subclass."""
+        cls._members = {}
+        for value in values:
+            member = cls(value)
+            cls._members[value] = member
+            yield member
+
+    @classmethod
+    def of(cls, value: str) -> Self:
+        """The member with this value (``ValueError`` for none), as ``Enum(value)``."""
+        member = cls._members.get(value)
+        if not isinstance(member, cls):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}")
+        return member
+
+    @classmethod
+    def all(cls) -> tuple[Self, ...]:
+        """Every member, in the order defined."""
+        return tuple(m for m in cls._members.values() if isinstance(m, cls))
+
+
+class Compression(Named):
     """How the payload is wrapped on the wire."""
 
-    ZSTD = "zstd"
-    GZIP = "gzip"
-    NONE = "none"
+    __slots__ = ()
+    ZSTD: ClassVar[Compression]
+    GZIP: ClassVar[Compression]
+    NONE: ClassVar[Compression]
 
 
-class Payload(Enum):
-    """What the decompressed stream may be."""
-
-    EROFS = "erofs"  # must be a valid EROFS image
-    EROFS_OR_TAR = "erofs-or-tar"  # shared tar route: EROFS (validated) or tar (passed through)
+Compression.ZSTD, Compression.GZIP, Compression.NONE = Compression._define("zstd", "gzip", "none")
 
 
-class Route(NamedTuple):
+class Payload(Named):
+    """What the decompressed stream may be: ``EROFS`` must be a valid EROFS image;
+    ``EROFS_OR_TAR`` (the shared tar route) is EROFS (validated) or tar (passed through)."""
+
+    __slots__ = ()
+    EROFS: ClassVar[Payload]
+    EROFS_OR_TAR: ClassVar[Payload]
+
+
+Payload.EROFS, Payload.EROFS_OR_TAR = Payload._define("erofs", "erofs-or-tar")
+
+
+class Route:
     """The decision for one media type. ``compression is None`` means: detect it."""
 
-    media_type: str | None
-    compression: Compression | None
-    payload: Payload
+    __slots__ = ("compression", "media_type", "payload")
+
+    def __init__(
+        self, media_type: str | None, compression: Compression | None, payload: Payload
+    ) -> None:
+        self.media_type = media_type
+        self.compression = compression
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Route({self.media_type!r}, {self.compression!r}, {self.payload!r})"
 
 
 # The shared route: ordinary tar layers arrive here too, and must pass untouched.

@@ -8,10 +8,12 @@ is drained by a daemon thread up to ``LIMIT`` bytes and then closed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-import threading
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
+if TYPE_CHECKING:
+    import threading
 
 PAYLOAD_FD = 3
 LIMIT = 1 << 20
@@ -36,6 +38,8 @@ class PayloadDrain:
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             return self  # not a payload pipe (an inherited file): leave it alone
         self.present = True
+        import threading  # only with a payload pipe: most layers never start this thread
+
         self._thread = threading.Thread(target=self._drain, name="fd3-payload", daemon=True)
         self._thread.start()
         return self
@@ -53,5 +57,7 @@ class PayloadDrain:
         except OSError:
             pass
         finally:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - contextlib is not worth its import on every layer's start
                 os.close(self.fd)
+            except OSError:
+                pass

@@ -23,14 +23,16 @@ flat arrays, and the number of frames tracked is capped.
 from __future__ import annotations
 
 import struct
-from array import array
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream_processor.errors import DataError
 from stream_processor.framing import SKIPPABLE_MAGIC, SKIPPABLE_MASK
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
 if TYPE_CHECKING:
+    from array import array
+    from collections.abc import Callable
+    from typing import Any
+
     from stream_processor.dmverity import ImageSpool, Superblock
 
 SKIPPABLE_TABLE_MAGIC = SKIPPABLE_MAGIC  # the table is written with the first skippable magic
@@ -57,14 +59,30 @@ ANNOTATION_VERITY_ROOT = "dev.containerd.erofs.dmverity.root_digest"
 VERITY_SIGNATURE = b"verity\0\0"  # first bytes of a dm-verity superblock
 
 
-class Chunk(NamedTuple):
+class Chunk:
     """One chunk as a table describes it, whatever the table's layout."""
 
-    number: int  # the chunk's position in the table
-    compressed_offset: int  # blob offset of the chunk's zstd frame
-    uncompressed_offset: int
-    uncompressed_size: int
-    digest: bytes | None  # hash of the whole compressed frame, if the table has one
+    __slots__ = (
+        "compressed_offset",
+        "digest",
+        "number",
+        "uncompressed_offset",
+        "uncompressed_size",
+    )
+
+    def __init__(
+        self,
+        number: int,  # the chunk's position in the table
+        compressed_offset: int,  # blob offset of the chunk's zstd frame
+        uncompressed_offset: int,
+        uncompressed_size: int,
+        digest: bytes | None,  # hash of the whole compressed frame, if the table has one
+    ) -> None:
+        self.number = number
+        self.compressed_offset = compressed_offset
+        self.uncompressed_offset = uncompressed_offset
+        self.uncompressed_size = uncompressed_size
+        self.digest = digest
 
 
 class ChunkTable:
@@ -267,6 +285,8 @@ def parse_v1(payload: bytes) -> ChunkTable:
             f"chunk table: holds {body / entry_size:g} entries, but {size} bytes in "
             f"{chunk_size}-byte chunks need {count}"
         )
+    from array import array  # only a layer with a table: array loads collections
+
     hash_size = HASH_SIZES[algo]
     offsets = array("Q")
     digests = bytearray()
@@ -323,13 +343,24 @@ def describe_skippable(magic: int, head: bytes) -> str:
     return f"unknown (magic 0x{magic:08x})"
 
 
-class SeenFrame(NamedTuple):
+# What the verifier records of each frame, flat: offset, end, decompressed size (-1: not
+# known yet) and an 8-byte fingerprint of its digest. ``array`` would load ``collections``
+# on every layer's start-up; ``struct`` is loaded anyway.
+_FRAME = struct.Struct("<QqqQ")
+_END_AND_SIZE = struct.Struct("<qq")  # at 8 in a record
+_FINGERPRINT = struct.Struct("<Q")  # at 24
+
+
+class SeenFrame:
     """A zstd frame as the decoder met it (``-1``: not known yet)."""
 
-    offset: int
-    end_offset: int
-    decompressed_size: int
-    hashed: bool
+    __slots__ = ("decompressed_size", "end_offset", "hashed", "offset")
+
+    def __init__(self, offset: int, end_offset: int, decompressed_size: int, hashed: bool) -> None:
+        self.offset = offset
+        self.end_offset = end_offset
+        self.decompressed_size = decompressed_size
+        self.hashed = hashed
 
 
 class ChunkTableVerifier:
@@ -346,7 +377,7 @@ class ChunkTableVerifier:
     ends, hence before the sink releases the held-back tail: a mismatch
     always leaves stdout short of a complete image.
 
-    Memory is a few flat arrays: per frame 32 bytes plus one flag. Full
+    Memory is one flat record per frame: 32 bytes plus one flag. Full
     digests are not kept; they are chained into one SHA-256 (compared with
     the same over the table's digests), and an 8-byte fingerprint of each is
     kept to name the chunk that differs.
@@ -363,11 +394,8 @@ class ChunkTableVerifier:
         spool: ImageSpool | None = None,
         hash_frames: bool = True,
     ) -> None:
-        self.offsets = array("Q")
-        self.ends = array("q")
-        self.sizes = array("q")
-        self.fingerprints = array("Q")
-        self.hashed = bytearray()
+        self._frames = bytearray()  # a ``_FRAME`` record per frame seen
+        self.hashed = bytearray()  # per frame: 1 once its digest was recorded
         self.hash_frames = hash_frames
         self._chain: Any = None  # a hashlib SHA-256, made with the first digest
         self.overflow = False
@@ -388,14 +416,19 @@ class ChunkTableVerifier:
 
     @property
     def frame_count(self) -> int:
-        return len(self.offsets)
+        return len(self.hashed)
 
     def frames(self) -> list[SeenFrame]:
         """The frames seen so far, as objects (for reports; not used by the checks)."""
         return [
-            SeenFrame(self.offsets[i], self.ends[i], self.sizes[i], bool(self.hashed[i]))
-            for i in range(self.frame_count)
+            SeenFrame(offset, end, size, bool(hashed))
+            for (offset, end, size, _), hashed in zip(
+                _FRAME.iter_unpack(self._frames), self.hashed, strict=True
+            )
         ]
+
+    def _offset(self, index: int) -> int:
+        return int(_FRAME.unpack_from(self._frames, index * _FRAME.size)[0])
 
     # -- FrameObserver -------------------------------------------------------------
     def digest_algorithm(self, content_size: int | None) -> str | None:
@@ -407,10 +440,7 @@ class ChunkTableVerifier:
         if index >= MAX_TRACKED_FRAMES:
             self.overflow = True
             return
-        self.offsets.append(offset)
-        self.ends.append(-1)
-        self.sizes.append(-1)
-        self.fingerprints.append(0)
+        self._frames += _FRAME.pack(offset, -1, -1, 0)
         self.hashed.append(0)
 
     def frame_digest(self, index: int, digest: bytes) -> None:
@@ -420,13 +450,14 @@ class ChunkTableVerifier:
 
                 self._chain = hashlib.sha256()
             self._chain.update(digest)
-            self.fingerprints[index] = _fingerprint(digest)
+            _FINGERPRINT.pack_into(self._frames, index * _FRAME.size + 24, _fingerprint(digest))
             self.hashed[index] = 1
 
     def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None:
         if index < self.frame_count:
-            self.ends[index] = end_offset
-            self.sizes[index] = decompressed_size
+            _END_AND_SIZE.pack_into(
+                self._frames, index * _FRAME.size + 8, end_offset, decompressed_size
+            )
 
     def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
         self._what = describe_skippable(magic, head)
@@ -503,18 +534,18 @@ class ChunkTableVerifier:
             raise DataError(
                 f"chunk table: lists {table.count} chunks but the stream holds {count} zstd frames"
             )
-        if self.offsets != table.compressed_offsets:
-            i = _first_difference(self.offsets, table.compressed_offsets)
-            raise DataError(
-                f"chunk table: chunk {i}: frame starts at offset {self.offsets[i]}, "
-                f"the table says {table.compressed_offsets[i]}"
-            )
-        if self.sizes != array("q", table.uncompressed_sizes):
-            i = _first_difference(self.sizes, table.uncompressed_sizes)
-            raise DataError(
-                f"chunk table: chunk {i} (frame at offset {self.offsets[i]}): decompresses to "
-                f"{self.sizes[i]} bytes, the table says {table.uncompressed_sizes[i]}"
-            )
+        frames = _FRAME.iter_unpack(self._frames)
+        for i, (offset, _, size, _) in enumerate(frames):
+            if offset != table.compressed_offsets[i]:
+                raise DataError(
+                    f"chunk table: chunk {i}: frame starts at offset {offset}, "
+                    f"the table says {table.compressed_offsets[i]}"
+                )
+            if size != table.uncompressed_sizes[i]:
+                raise DataError(
+                    f"chunk table: chunk {i} (frame at offset {offset}): decompresses to "
+                    f"{size} bytes, the table says {table.uncompressed_sizes[i]}"
+                )
         if table.digest_size and not self.hash_frames:
             self.notes.append(
                 "the chunk table's SHA-512s were not checked (--verify-frame-hashes checks them)"
@@ -522,8 +553,8 @@ class ChunkTableVerifier:
         elif table.digest_size:
             chained = self._chain.digest() if self._chain is not None else _chain(None)
             if chained != _chain(table):
-                i = _first_digest_difference(self.fingerprints, table)
-                where = f"chunk {i} (frame at offset {self.offsets[i]})" if i >= 0 else "a chunk"
+                i = _first_digest_difference(self._frames, table)
+                where = f"chunk {i} (frame at offset {self._offset(i)})" if i >= 0 else "a chunk"
                 raise DataError(
                     f"chunk table: {where}: SHA-512 of the compressed frame does not match "
                     "the table"
@@ -533,13 +564,6 @@ class ChunkTableVerifier:
                 f"chunk table: the stream decompresses to {total_out} bytes, "
                 f"the table says {table.uncompressed_size}"
             )
-
-
-def _first_difference(a: array[int], b: array[int]) -> int:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
 
 
 def _chain(table: ChunkTable | None) -> bytes:
@@ -557,9 +581,9 @@ def _fingerprint(digest: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(digest, digest_size=8).digest(), "little")
 
 
-def _first_digest_difference(fingerprints: array[int], table: ChunkTable) -> int:
+def _first_digest_difference(frames: bytearray, table: ChunkTable) -> int:
     size = table.digest_size
-    for i, fingerprint in enumerate(fingerprints):
+    for i, (_, _, _, fingerprint) in enumerate(_FRAME.iter_unpack(frames)):
         if fingerprint != _fingerprint(table.digests[i * size : (i + 1) * size]):
             return i
     return -1  # a 64-bit fingerprint collision: cannot name the chunk, still refused

@@ -28,11 +28,14 @@ import errno
 import fcntl
 import os
 import stat
-import threading
-from collections import deque
-from collections.abc import Callable
+from _thread import allocate_lock
 
 from stream_processor.errors import InputOutputError, ReaderGone
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
 
 DEFAULT_HOLD = 256 * 1024  # >= the largest EROFS block (64 KiB) and a tar end-of-archive
 DEFAULT_BATCH = 1 << 20
@@ -51,7 +54,10 @@ class _BackgroundWriter:
     """One thread that writes submitted batches in order; errors surface on the next call."""
 
     def __init__(self, write: Callable[[Job], None]) -> None:
-        from queue import Queue  # only layers larger than the held-back tail need it
+        # Only layers larger than the held-back tail need a thread: ``threading`` and
+        # ``queue`` (with the ``collections`` they load) stay off a small layer's start.
+        import threading
+        from queue import Queue
 
         self._write = write
         self._queue: Queue[Job | None] = Queue(WRITER_DEPTH)
@@ -115,7 +121,7 @@ class HoldbackSink:
         self._batch = batch
         self._background = background
         self._writer: _BackgroundWriter | None = None
-        self._queue: deque[bytes | memoryview] = deque()
+        self._queue: list[bytes | memoryview] = []  # a few chunks: hold + one batch
         self._queued = 0
         self.written = 0
         self.received = 0  # bytes accepted by ``write`` so far
@@ -124,9 +130,11 @@ class HoldbackSink:
         self._ring_end = 0  # where the queued ring bytes end
         self._lent = -1  # where the region last lent by ``buffer`` starts (-1: none)
         # Ring bytes not yet written, oldest first: (start, end). Freed by whichever
-        # thread wrote them; ``_ring_room`` is notified then.
-        self._ring_spans: deque[tuple[int, int]] = deque()
-        self._ring_room = threading.Condition()
+        # thread wrote them, under ``_ring_lock``; with a writer thread, ``_ring_room``
+        # (a condition on that lock, made with the thread) is notified then.
+        self._ring_spans: list[tuple[int, int]] = []
+        self._ring_lock = allocate_lock()
+        self._ring_room: threading.Condition | None = None
         self._ring_in_flight = 0  # spans handed to the writer thread, not yet written
 
     def buffer(self, size: int) -> memoryview:
@@ -143,16 +151,17 @@ class HoldbackSink:
             self._ring = bytearray(RING)
             self._ring_view = memoryview(self._ring)
         self._lent = -1
-        with self._ring_room:
+        with self._ring_lock:
             while True:
                 start, limit = self._room(size)
                 if start < limit:
                     self._lent = start
                     return self._ring_view[start : min(start + size, limit)]
-                writer = self._writer
+                writer, room = self._writer, self._ring_room
                 if not self._ring_in_flight or writer is None or writer.error is not None:
                     return memoryview(bytearray(size))
-                self._ring_room.wait()
+                assert room is not None  # made with the writer
+                room.wait()
 
     def _room(self, size: int) -> tuple[int, int]:
         """The free ring region [start, limit) to lend next (empty when the ring is full)."""
@@ -174,7 +183,7 @@ class HoldbackSink:
             if self._lent < 0:  # not from the region just lent: never queue reusable memory
                 chunk = bytes(chunk)
             else:
-                with self._ring_room:
+                with self._ring_lock:
                     self._ring_end = self._lent + len(chunk)
                     self._ring_spans.append((self._lent, self._ring_end))
                 self._lent = -1
@@ -198,28 +207,33 @@ class HoldbackSink:
         self._queued = 0
         if self._writer is not None:
             self._writer.abort(timeout)
-        with self._ring_room:
+        with self._ring_lock:
             self._ring_spans.clear()
             self._ring_in_flight = 0
 
     def _drain(self, keep: int) -> None:
         queue = self._queue
-        batch: Batch = []
+        taken = 0
         in_ring = 0
-        while queue and self._queued - len(queue[0]) >= keep:
-            chunk = queue.popleft()
+        while taken < len(queue) and self._queued - len(queue[taken]) >= keep:
+            chunk = queue[taken]
+            taken += 1
             self._queued -= len(chunk)
-            batch.append(chunk)
             if isinstance(chunk, memoryview) and chunk.obj is self._ring:
                 in_ring += 1
-        if not batch:
+        if not taken:
             return
+        batch: Batch = queue[:taken]
+        del queue[:taken]
         if self._writer is None and self._background and keep:
             # Started by the first batch before the end: a layer that fits in the
             # held-back tail is written directly at release, with no thread.
+            import threading  # loaded by the writer
+
+            self._ring_room = threading.Condition(self._ring_lock)
             self._writer = _BackgroundWriter(self._write_job)
         if self._writer is not None:
-            with self._ring_room:
+            with self._ring_lock:
                 self._ring_in_flight += in_ring
             self._writer.submit((batch, in_ring))
         else:
@@ -232,12 +246,12 @@ class HoldbackSink:
             self._write_all(batch)
         finally:
             if in_ring:
-                with self._ring_room:
-                    for _ in range(min(in_ring, len(self._ring_spans))):
-                        self._ring_spans.popleft()
+                with self._ring_lock:
+                    del self._ring_spans[:in_ring]
                     if self._writer is not None:
                         self._ring_in_flight = max(0, self._ring_in_flight - in_ring)
-                    self._ring_room.notify_all()
+                    if self._ring_room is not None:
+                        self._ring_room.notify_all()
 
     def _write_all(self, batch: Batch) -> None:
         """Write ``batch`` with as few ``writev`` calls as the kernel allows."""

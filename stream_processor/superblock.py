@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import struct
-from functools import lru_cache
-from typing import NamedTuple
 
 from stream_processor.errors import DataError
 
@@ -41,6 +39,22 @@ Buffer = bytes | bytearray | memoryview
 
 _LAYOUT = struct.Struct("<IIIBBHQQIIII16s16sI")
 _ROOTNID_8B_OFFSET = 0x70  # u64: the root nid when 48BIT is on
+_FIELDS = (
+    "checksum",
+    "feature_compat",
+    "blkszbits",
+    "sb_extslots",
+    "root_nid",
+    "inodes",
+    "build_time",
+    "build_time_nsec",
+    "blocks",
+    "meta_blkaddr",
+    "xattr_blkaddr",
+    "uuid",
+    "volume_name",
+    "feature_incompat",
+)
 
 
 def _page_shift() -> int:
@@ -50,15 +64,20 @@ def _page_shift() -> int:
         return 12
 
 
-@lru_cache(maxsize=1)
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
+_CRC32C_TABLE: list[int] = []
+
+
+def _crc32c_table() -> list[int]:
+    """Built on first use (only images with SB_CHKSUM need it), then kept."""
+    if not _CRC32C_TABLE:
+        table = []
+        for n in range(256):
+            c = n
+            for _ in range(8):
+                c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+            table.append(c)
+        _CRC32C_TABLE[:] = table  # in one step: another thread never sees half a table
+    return _CRC32C_TABLE
 
 
 def crc32c(data: Buffer, crc: int = 0xFFFFFFFF) -> int:
@@ -69,23 +88,63 @@ def crc32c(data: Buffer, crc: int = 0xFFFFFFFF) -> int:
     return crc
 
 
-class Superblock(NamedTuple):
-    """The fields of an EROFS superblock that a user or a validator cares about."""
+class Superblock:
+    """The fields of an EROFS superblock that a user or a validator cares about, in the
+    on-disk order (a plain class: ``typing.NamedTuple`` would import ``typing`` on every
+    layer's start-up)."""
 
-    checksum: int
-    feature_compat: int
-    blkszbits: int
-    sb_extslots: int
-    root_nid: int
-    inodes: int
-    build_time: int
-    build_time_nsec: int
-    blocks: int
-    meta_blkaddr: int
-    xattr_blkaddr: int
-    uuid: bytes
-    volume_name: bytes
-    feature_incompat: int
+    __slots__ = (
+        "blkszbits",
+        "blocks",
+        "build_time",
+        "build_time_nsec",
+        "checksum",
+        "feature_compat",
+        "feature_incompat",
+        "inodes",
+        "meta_blkaddr",
+        "root_nid",
+        "sb_extslots",
+        "uuid",
+        "volume_name",
+        "xattr_blkaddr",
+    )
+
+    def __init__(
+        self,
+        checksum: int,
+        feature_compat: int,
+        blkszbits: int,
+        sb_extslots: int,
+        root_nid: int,
+        inodes: int,
+        build_time: int,
+        build_time_nsec: int,
+        blocks: int,
+        meta_blkaddr: int,
+        xattr_blkaddr: int,
+        uuid: bytes,
+        volume_name: bytes,
+        feature_incompat: int,
+    ) -> None:
+        self.checksum = checksum
+        self.feature_compat = feature_compat
+        self.blkszbits = blkszbits
+        self.sb_extslots = sb_extslots
+        self.root_nid = root_nid
+        self.inodes = inodes
+        self.build_time = build_time
+        self.build_time_nsec = build_time_nsec
+        self.blocks = blocks
+        self.meta_blkaddr = meta_blkaddr
+        self.xattr_blkaddr = xattr_blkaddr
+        self.uuid = uuid
+        self.volume_name = volume_name
+        self.feature_incompat = feature_incompat
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"Superblock({fields})"
 
     @property
     def block_size(self) -> int:
@@ -145,10 +204,9 @@ def parse(head: Buffer) -> Superblock:
         # root nid moves to a 64-bit field at 0x70.
         start = SUPERBLOCK_OFFSET + _ROOTNID_8B_OFFSET
         rootnid = bytes(head[start : start + 8])
-        sb = sb._replace(
-            blocks=sb.blocks | (sb.root_nid << 32),
-            root_nid=int.from_bytes(rootnid, "little") if len(rootnid) == 8 else sb.root_nid,
-        )
+        sb.blocks |= sb.root_nid << 32
+        if len(rootnid) == 8:
+            sb.root_nid = int.from_bytes(rootnid, "little")
     return sb
 
 

@@ -8,11 +8,9 @@ until ``finish`` has passed.
 
 from __future__ import annotations
 
-from enum import Enum
-
 from stream_processor import superblock
 from stream_processor.errors import DataError
-from stream_processor.mediatypes import Payload
+from stream_processor.mediatypes import Named, Payload
 from stream_processor.sink import HoldbackSink
 
 DECIDE_BYTES = superblock.SUPERBLOCK_OFFSET + 4
@@ -20,9 +18,20 @@ TAR_BLOCK = 512
 DEFAULT_MAX_OUTPUT = 64 << 30  # 64 GiB: far above any real layer
 
 
-class Kind(Enum):
-    EROFS = "erofs"
-    TAR = "tar"
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
+if TYPE_CHECKING:
+    from typing import ClassVar
+
+
+class Kind(Named):
+    """What the payload turned out to be."""
+
+    __slots__ = ()
+    EROFS: ClassVar[Kind]
+    TAR: ClassVar[Kind]
+
+
+Kind.EROFS, Kind.TAR = Kind._define("erofs", "tar")
 
 
 def libmagic(data: bytes) -> str:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (it loads re)
 if TYPE_CHECKING:
     from types import ModuleType
 

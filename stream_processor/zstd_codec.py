@@ -24,9 +24,6 @@ format allows. Content checksums are verified by libzstd itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
-
 from stream_processor.errors import DataError
 from stream_processor.framing import (
     DEFAULT_MAX_WINDOW,
@@ -40,19 +37,46 @@ from stream_processor.framing import (
 from stream_processor.source import Source
 from stream_processor.zstd_backend import zstandard
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
 if TYPE_CHECKING:
-    from typing import IO
+    from collections.abc import Callable, Iterator
+    from typing import IO, Protocol, TypeAlias
+
+    class FrameObserver(Protocol):
+        """Told about the framing as it streams by (the chunk-table verifier is one)."""
+
+        def digest_algorithm(self, content_size: int | None) -> str | None:
+            """A ``hashlib`` name to hash this frame's compressed bytes with, or None."""
+            ...
+
+        def frame_start(self, index: int, offset: int, content_size: int | None) -> None: ...
+
+        def frame_digest(self, index: int, digest: bytes) -> None: ...
+
+        def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None: ...
+
+        def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool: ...
+
+        def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None: ...
+
+        def finish(self, total_out: int, end_offset: int) -> None: ...
+
+    class _Hasher(Protocol):
+        def update(self, data: memoryview, /) -> None: ...
+
+        def digest(self) -> bytes: ...
+
+    # Where decompressed bytes go: called with a size, returns a writable buffer of at
+    # most that many bytes (at least 1); the decoder yields the filled part of it. The
+    # buffer may be reused once the yielded view has been consumed
+    # (``sink.HoldbackSink.buffer``).
+    Output: TypeAlias = Callable[[int], memoryview]
 
 BLOCK_MAX = 128 * 1024
 BLOCKS_PER_STEP = 8  # whole blocks handed to libzstd per input read
 OUTPUT_STEP = 128 * 1024  # output per ``readinto``: zstd -dc's buffer, stays in the cache
 MAX_FRAME_HEADER = 18
 SKIPPABLE_PAYLOAD_LIMIT = 64 << 20  # payloads an observer asks to read whole
-
-# Where decompressed bytes go: called with a size, returns a writable buffer of at most
-# that many bytes (at least 1); the decoder yields the filled part of it. The buffer may
-# be reused once the yielded view has been consumed (``sink.HoldbackSink.buffer``).
-Output = Callable[[int], memoryview]
 
 
 def reused_output() -> Output:
@@ -66,26 +90,6 @@ def as_bytes(chunks: Iterator[bytes | memoryview]) -> Iterator[bytes]:
     code that may): a view of a reused buffer is copied, ``bytes`` pass as they are."""
     for chunk in chunks:
         yield chunk if isinstance(chunk, bytes) else bytes(chunk)
-
-
-class FrameObserver(Protocol):
-    """Told about the framing as it streams by (the chunk-table verifier is one)."""
-
-    def digest_algorithm(self, content_size: int | None) -> str | None:
-        """A ``hashlib`` name to hash this frame's compressed bytes with, or None."""
-        ...
-
-    def frame_start(self, index: int, offset: int, content_size: int | None) -> None: ...
-
-    def frame_digest(self, index: int, digest: bytes) -> None: ...
-
-    def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None: ...
-
-    def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool: ...
-
-    def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None: ...
-
-    def finish(self, total_out: int, end_offset: int) -> None: ...
 
 
 def _u32(view: memoryview | bytes, at: int = 0) -> int:
@@ -211,14 +215,24 @@ def read_skippable(
         observer.skippable(magic, offset, size, payload)
 
 
-class FrameHeader(NamedTuple):
+class FrameHeader:
     """A checked zstd frame header: where the frame starts and what it declares."""
 
-    offset: int
-    header_size: int
-    content_size: int | None
-    has_checksum: bool
-    window_size: int
+    __slots__ = ("content_size", "has_checksum", "header_size", "offset", "window_size")
+
+    def __init__(
+        self,
+        offset: int,
+        header_size: int,
+        content_size: int | None,
+        has_checksum: bool,
+        window_size: int,
+    ) -> None:
+        self.offset = offset
+        self.header_size = header_size
+        self.content_size = content_size
+        self.has_checksum = has_checksum
+        self.window_size = window_size
 
 
 def read_frame_header(src: Source, max_window_size: int) -> FrameHeader:
@@ -365,12 +379,6 @@ class _FrameInput:
         return piece
 
 
-class _Hasher(Protocol):
-    def update(self, data: memoryview, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-
 _PROBE: list[bytes] = []
 
 
@@ -405,9 +413,8 @@ def decode_frame(
 
             hasher = hashlib.new(algorithm)
     frame_input = _FrameInput(frame_blocks(src, header), hasher)
-    reader = dctx.stream_reader(
-        cast("IO[bytes]", frame_input), read_size=BLOCK_MAX, read_across_frames=False
-    )
+    stream: IO[bytes] = frame_input  # type: ignore[assignment]  # it has read/readinto
+    reader = dctx.stream_reader(stream, read_size=BLOCK_MAX, read_across_frames=False)
     produced = 0
     try:
         while True:

@@ -27,18 +27,13 @@ mismatch is raised before the caller releases its held-back output.
 from __future__ import annotations
 
 import os
-import threading
-from collections import deque
-from collections.abc import Iterator
+from _thread import get_ident
 
 from stream_processor.errors import DataError
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.source import Source
 from stream_processor.zstd_backend import zstandard
 from stream_processor.zstd_codec import (
-    FrameHeader,
-    FrameObserver,
-    Output,
     as_bytes,
     decode_frame,
     read_frame_header,
@@ -46,6 +41,12 @@ from stream_processor.zstd_codec import (
     reused_output,
     walk_frames,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from stream_processor.zstd_codec import FrameHeader, FrameObserver, Output
 
 MAX_PARALLEL_FRAME = 16 << 20  # frames declaring more are streamed: bounds memory per thread
 # Declared output of all frames in flight, whatever --threads says: the default
@@ -119,6 +120,8 @@ class _Job:
         self.algorithm = algorithm
         self.submitted = False
         self.cancelled = False
+        import threading  # jobs exist from a layer's second frame on: not on a small layer's start
+
         self.done = threading.Event()
         self.result: tuple[bytes, bytes | None] | None = None
         self.error: BaseException | None = None
@@ -142,6 +145,7 @@ class _Pool:
     """
 
     def __init__(self, threads: int, worker: _Worker) -> None:
+        import threading
         from queue import Queue  # already loaded by the sink's writer thread
 
         self._worker = worker
@@ -178,12 +182,12 @@ class _Worker:
 
     def __init__(self, max_window_size: int) -> None:
         self._max_window_size = max_window_size
-        self._local = threading.local()
+        self._dctx: dict[int, zstandard.ZstdDecompressor] = {}  # by thread
 
     def __call__(self, job: _Job) -> tuple[bytes, bytes | None]:
-        dctx = getattr(self._local, "dctx", None)
+        dctx = self._dctx.get(get_ident())
         if dctx is None:
-            dctx = self._local.dctx = zstandard.ZstdDecompressor(
+            dctx = self._dctx[get_ident()] = zstandard.ZstdDecompressor(
                 max_window_size=self._max_window_size
             )
         digest = None
@@ -225,7 +229,7 @@ class ParallelDecoder:
         self.max_frame = max_frame
         self.worker = _Worker(max_window_size)
         self.pool: _Pool | None = None
-        self.pending: deque[_Job] = deque()
+        self.pending: list[_Job] = []  # a few frames: at most threads + the budget's
         self.pending_bytes = 0  # declared content of the pending frames
 
     def run(self) -> Iterator[bytes | memoryview]:
@@ -303,7 +307,7 @@ class ParallelDecoder:
         ):
             job = self.pending[0]
             out, digest = job.outcome() if job.submitted else self.worker(job)
-            self.pending.popleft()
+            del self.pending[0]
             self.pending_bytes -= job.content_size
             job.data = bytearray()
             if self.observer is not None:

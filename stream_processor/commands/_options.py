@@ -87,7 +87,7 @@ def add_compression_arguments(parser: argparse.ArgumentParser, what: str) -> Non
     """``--compression``, ``--level``, ``--chunk-size``, ``--no-chunk-table``."""
     parser.add_argument(
         "--compression",
-        choices=[c.value for c in Compression],
+        choices=[c.value for c in Compression.all()],
         default="zstd",
         help=f"how {what} compressed: zstd (default; seekable, see --chunk-size), gzip, "
         "or none (the raw EROFS image as the blob)",

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES
     from stream_processor.pack import chunk_size_option, dm_verity_option
 
-    compression = Compression(args.compression)
+    compression = Compression.of(args.compression)
     check_level(compression, args.level)
     check_not_inside(args.src, args.dst)
     if args.work_dir is not None and not args.work_dir.is_dir():

@@ -9,11 +9,7 @@ when a record will be written).
 from __future__ import annotations
 
 import os
-import signal
 import time
-from collections.abc import Callable
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from stream_processor.decode import DecodeOptions, DecodeResult, decode
 from stream_processor.errors import (
@@ -31,8 +27,20 @@ from stream_processor.mediatypes import ENV_MEDIA_TYPE, SHORT_NAMES, resolve_nam
 from stream_processor.payload import PayloadDrain
 from stream_processor.validator import DEFAULT_MAX_OUTPUT
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing on the decode path
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable
+    from signal import SIGTERM
+    from signal import signal as set_signal_handler
+    from types import FrameType
+    from typing import Any
+else:
+    # The C module under ``signal``: ``signal`` wraps its numbers in ``enum``s, and
+    # ``enum`` (with the ``functools`` and ``collections`` it loads) is a measurable
+    # share of a layer's start-up (README "Performance"); one handler needs none of it.
+    from _signal import SIGTERM
+    from _signal import signal as set_signal_handler
 
 # The same names as in ``log`` (a test checks): here so that a decode that
 # writes no record never imports it.
@@ -91,14 +99,28 @@ def parse_switch(text: str) -> bool:
     raise _bad(f"not a switch: {text!r} (use 1 or 0)")
 
 
-class _Option(NamedTuple):
-    flag: str
-    convert: Callable[[str], Any]
-    default: Any
-    help: str
-    choices: tuple[str, ...] | None = None
-    metavar: str | None = None
-    switch: bool = False  # a flag without a value: present means True
+class _Option:
+    """One decode option, for both parsers."""
+
+    __slots__ = ("choices", "convert", "default", "flag", "help", "metavar", "switch")
+
+    def __init__(
+        self,
+        flag: str,
+        convert: Callable[[str], Any],
+        default: Any,
+        help: str,
+        choices: tuple[str, ...] | None = None,
+        metavar: str | None = None,
+        switch: bool = False,  # a flag without a value: present means True
+    ) -> None:
+        self.flag = flag
+        self.convert = convert
+        self.default = default
+        self.help = help
+        self.choices = choices
+        self.metavar = metavar
+        self.switch = switch
 
     @property
     def dest(self) -> str:
@@ -266,14 +288,17 @@ def default_threads() -> int:
     return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
 
 
-class _LogTarget(NamedTuple):
+class _LogTarget:
     """Where and how records go, decided without importing ``log``: the generated
     containerd config always sets a log file, but a record is written only on failure
     (or on success at ``info``), so most layers never import it."""
 
-    path: str
-    fmt: str
-    level: str
+    __slots__ = ("fmt", "level", "path")
+
+    def __init__(self, path: str, fmt: str, level: str) -> None:
+        self.path = path
+        self.fmt = fmt
+        self.level = level
 
     def wants(self, level: str) -> bool:
         return level != "info" or self.level == "info"
@@ -319,7 +344,7 @@ def run(args: Any) -> int:
     given = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
     media_type = given
     threads = args.threads or default_threads()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    set_signal_handler(SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     result = DecodeResult(media_type)
 
@@ -346,7 +371,9 @@ def run(args: Any) -> int:
             fields["fd3_payload_bytes"] = drain.received
         if result.notes:
             fields["notes"] = result.notes
-        log.write_record(log.LogConfig(*target), level, event, **fields)
+        log.write_record(
+            log.LogConfig(target.path, target.fmt, target.level), level, event, **fields
+        )
 
     try:
         # An unknown media type is a usage error before any input is read; a short name

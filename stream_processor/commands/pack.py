@@ -229,7 +229,7 @@ def _print(result: PackResult, as_json_: bool, stream: TextIO) -> None:
 
 @unwinds_on_signals
 def run(args: argparse.Namespace) -> int:
-    compression = Compression(args.compression)
+    compression = Compression.of(args.compression)
     check_level(compression, args.level)
     chunk_size_option(compression, args.chunk_size, args.no_chunk_table)  # refuse early
     source = Path(args.input)
