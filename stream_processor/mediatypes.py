@@ -49,6 +49,10 @@ class Named:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.value}>"
 
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        """Unpickled (in ``convert``'s worker processes) as the same member, so ``is`` holds."""
+        return type(self).of, (self.value,)
+
     @classmethod
     def _define(cls, *values: str) -> Iterator[Self]:
         """The members, in order; call once per subclass."""

@@ -107,3 +107,21 @@ def test_containerd_exact_strings_are_not_short_names() -> None:
     (what a config's accepts list is checked with) does not take short names."""
     with pytest.raises(UsageError):
         mt.resolve("tar+zstd")
+
+
+def test_named_values_behave_like_enum_members() -> None:
+    """``Compression``/``Payload`` replace ``Enum`` on the decode path (start-up): lookup by
+    value, listing, and identity across pickling (``convert`` sends them to workers)."""
+    import pickle
+
+    from stream_processor.mediatypes import Compression, Payload
+
+    assert Compression.of("gzip") is Compression.GZIP
+    assert [c.value for c in Compression.all()] == ["zstd", "gzip", "none"]
+    assert Payload.all() == (Payload.EROFS, Payload.EROFS_OR_TAR)
+    for member in (*Compression.all(), *Payload.all()):
+        assert pickle.loads(pickle.dumps(member)) is member
+    with pytest.raises(ValueError, match="'brotli' is not a valid Compression"):
+        Compression.of("brotli")
+    with pytest.raises(ValueError):
+        Compression.of("erofs")  # a Payload's value is not a Compression
