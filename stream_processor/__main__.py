@@ -1,7 +1,5 @@
-"""``python -m stream_processor``: the same entry point as the console script."""
+"""``python -m stream_processor``: the same entry point as the installed executable."""
 
-import sys
+from stream_processor.cli import run
 
-from stream_processor.cli import main
-
-sys.exit(main())
+run()

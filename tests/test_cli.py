@@ -528,3 +528,18 @@ def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err == b""
     assert json.loads(out) == {"error": "interrupted (SIGINT)", "exit_code": 130}
+
+
+def test_launcher_exits_fast_yet_flushes_and_keeps_exit_codes(tmp_path: Path) -> None:
+    """``bin/erofs-stream-processor`` (what pip installs) ends a decode with ``os._exit``
+    (issue 12: no interpreter teardown per layer): buffered text still reaches its reader,
+    and the exit code is still the documented one."""
+    launcher = [sys.executable, str(ROOT / "bin" / "erofs-stream-processor")]
+    helped = subprocess.run([*launcher, "--media-type", "tar+zstd", "--help"], capture_output=True)
+    assert helped.returncode == 0 and helped.stdout.rstrip().endswith(b")")
+    assert b"--verify-frame-hashes" in helped.stdout
+    refused = subprocess.run(launcher, input=b"\x28\xb5\x2f\xfd\x00", capture_output=True)
+    assert refused.returncode == 65 and refused.stdout == b""
+    assert refused.stderr.count(b"\n") == 1
+    listed = subprocess.run([*launcher, "config", "--routes", "tar+zstd"], capture_output=True)
+    assert listed.returncode == 0 and listed.stdout.endswith(b"\n")
