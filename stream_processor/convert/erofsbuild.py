@@ -91,15 +91,28 @@ def mkfs_failed(mkfs: Mkfs, returncode: int, output: str) -> InputOutputError:
 
 
 def build_from_directory(
-    root: Path, image: Path, *, fs_uuid: str, build_time: int = 0, mkfs: Mkfs | None = None
+    root: Path,
+    image: Path,
+    *,
+    fs_uuid: str,
+    build_time: int = 0,
+    mkfs: Mkfs | None = None,
+    stamp_files: bool = False,
 ) -> None:
-    """``mkfs.erofs`` on ``root`` (owners, modes, mtimes, xattrs kept), then fix the time."""
+    """``mkfs.erofs`` on ``root`` (owners, modes, mtimes, xattrs kept), then fix the time.
+
+    The one place a directory becomes an image, for ``convert``'s ``dir``
+    builder and for ``pack DIR``. ``stamp_files`` is ``mkfs.erofs -T``
+    (``pack --timestamp``): every inode gets ``build_time`` as well.
+    """
     mkfs = mkfs or find_mkfs()  # a clear message if erofs-utils is missing
-    cmd = [mkfs.path, "--quiet", "-Eforce-inode-extended", f"-U{fs_uuid}", str(image), str(root)]
+    times = f"-T{build_time}" if stamp_files else "-Eforce-inode-extended"
+    cmd = [mkfs.path, "--quiet", f"-U{fs_uuid}", times, str(image), str(root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise mkfs_failed(mkfs, proc.returncode, proc.stderr or proc.stdout)
-    finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
+    if not stamp_files:
+        finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
 
 
 def finish_image(
