@@ -335,10 +335,6 @@ class LayoutWriter:
             target.write_bytes(data)
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
-    def read_json(self, digest: str) -> Json:
-        """A JSON blob this writer stored (for the report)."""
-        return _parse_json((self.root / _blob_rel(digest)).read_bytes(), digest)
-
     def finish(self, index: Json) -> None:
         (self.root / LAYOUT_FILE).write_bytes(canonical_json(LAYOUT_VERSION))
         (self.root / "index.json").write_bytes(canonical_json(index))
