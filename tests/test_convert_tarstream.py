@@ -215,7 +215,7 @@ def test_matches_tarfile_on_gnu_tar_output_without_root(tmp_path: Path, fmt: str
 # ---------------------------------------------------------------- Hypothesis differential
 
 _NAME_PART = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="/\x00"),
+    st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="/\x00"),
     min_size=1,
     max_size=40,
 )
@@ -255,7 +255,7 @@ def _members(draw: st.DrawFn) -> tuple[tarfile.TarInfo, bytes | None]:
                 st.from_regex(
                     r"SCHILY\.xattr\.(user|trusted|security)\.[a-z]{1,12}", fullmatch=True
                 ),
-                st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+                st.text(st.characters(blacklist_categories=["Cs"]), max_size=60),
                 max_size=3,
             )
         )
