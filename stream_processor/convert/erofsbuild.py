@@ -1,25 +1,19 @@
 """Find ``mkfs.erofs`` and run it so that the same layer always gives the same bytes.
 
-Two things in an image built by erofs-utils are not a function of the
-layer's contents: the filesystem UUID and the build time in the superblock.
+Two superblock fields of an image from erofs-utils are not a function of the
+layer's contents, the UUID and the build time; ``finish_image`` sets both
+afterwards and redoes the superblock checksum:
 
-- The UUID is derived from the layer's uncompressed tar digest exactly as
-  containerd's own converter does it
-  (``uuid5(NAMESPACE_URL, "erofs:blobs/<digest>")``) and passed with ``-U``.
-- The build time cannot be fixed with ``-T``: in 1.5, ``-T`` also overwrites
-  every file's mtime, and an OCI layer must keep the mtimes from its tar.
-  Instead the image is built with ``-Eforce-inode-extended`` (every inode
-  then stores its own mtime; a compact inode would borrow the superblock's
-  build time, which we are about to change) and the superblock's build time
-  is set afterwards to a fixed value, with the superblock checksum redone.
+- the UUID as containerd's converter derives it from the layer's diff_id
+  (``layer_uuid``); afterwards, because the streaming builder (``tarmode``)
+  starts ``mkfs.erofs`` before the tar's digest is known;
+- the build time, which ``-T`` cannot fix in 1.5 without overwriting every
+  file's mtime; images are built with ``-Eforce-inode-extended``, so no inode
+  borrows the superblock's time.
 
-``finish_image`` writes both fields afterwards. The UUID too, because the
-streaming builder (``tarmode``) must start ``mkfs.erofs`` before the tar's
-digest is known; both fields live only in the superblock (checked in the
-tests), so the result is byte for byte what ``-U`` would have made.
-
-``mkfs.erofs`` 1.5 sorts directory entries itself, so the order in which the
-extraction directory lists them does not matter (checked in the tests).
+``build_from_directory`` is the one runner on a directory, for convert's
+``dir`` builder and for ``pack DIR``. ``mkfs.erofs`` sorts directory entries
+itself, so the order a directory lists them in does not matter.
 """
 
 from __future__ import annotations
