@@ -17,8 +17,6 @@ flight, and written in order. Any stock ``zstd -d`` decodes the result.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import threading
 import time
 import zlib
@@ -453,24 +451,24 @@ def build_image(
     from the content: ``uuid5(NAMESPACE_URL, "erofs-stream-processor:pack/" +
     sha256 of the image built with a fixed placeholder UUID)``. ``timestamp``
     (mkfs.erofs ``-T``) sets the build time and every inode's time instead.
-    ``mkfs`` is found as ``convert`` finds it (``erofsbuild.find_mkfs``).
+    ``convert``'s ``dir`` builder runs ``mkfs.erofs`` the same way
+    (``erofsbuild.build_from_directory``).
     """
     import uuid as uuidlib
 
-    from stream_processor.convert.erofsbuild import find_mkfs, finish_image, mkfs_failed
+    from stream_processor.convert.erofsbuild import build_from_directory, find_mkfs, finish_image
 
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory")
-    tool = find_mkfs(mkfs)
-    cmd = [tool.path, "--quiet", f"-U{uuid or _PLACEHOLDER_UUID}"]
-    cmd.append(f"-T{timestamp}" if timestamp is not None else "-Eforce-inode-extended")
-    cmd += [os.fspath(image_path), os.fspath(directory)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise mkfs_failed(tool, proc.returncode, proc.stderr or proc.stdout)
     build_time = timestamp if timestamp is not None else 0
-    if timestamp is None:
-        finish_image(image_path, build_time=build_time)
+    build_from_directory(
+        directory,
+        image_path,
+        fs_uuid=uuid or _PLACEHOLDER_UUID,
+        build_time=build_time,
+        mkfs=find_mkfs(mkfs),
+        stamp_files=timestamp is not None,
+    )
     if uuid is not None:
         return uuid
     digest = hashlib.sha256()

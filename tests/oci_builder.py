@@ -25,19 +25,21 @@ from typing import Any
 
 import zstandard
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+from stream_processor.convert import oci
+from stream_processor.convert.namespace import WHITEOUT_OPAQUE, WHITEOUT_PREFIX
+from stream_processor.convert.oci import DOCKER_CONFIG, DOCKER_MANIFEST
+from stream_processor.mediatypes import OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_LAYER_TAR_ZSTD
+
+# Named here too: other test modules and the benchmarks import them from this module.
+OCI_INDEX, OCI_MANIFEST, OCI_CONFIG = oci.OCI_INDEX, oci.OCI_MANIFEST, oci.OCI_CONFIG
 LAYER_TYPES = {
-    "none": "application/vnd.oci.image.layer.v1.tar",
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "docker-gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "none": OCI_LAYER_TAR,
+    "gzip": OCI_LAYER_TAR_GZIP,
+    "zstd": OCI_LAYER_TAR_ZSTD,
+    "docker-gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",  # no constant for it
 }
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-WH = ".wh."
-OPQ = ".wh..wh..opq"
+WH = WHITEOUT_PREFIX
+OPQ = WHITEOUT_OPAQUE
 
 
 def sha256(data: bytes) -> str:

@@ -64,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="layers converted at once, 1 or more (default: CPU count)",
     )
+    from stream_processor.convert.layers import Builder
     from stream_processor.pack import add_dm_verity_arguments
 
     add_dm_verity_arguments(parser)
@@ -86,8 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--builder",
-        choices=["auto", "tar", "dir"],
-        default="auto",
+        choices=[b.value for b in Builder],
+        default=Builder.AUTO.value,
         help="how tar layers become EROFS: 'tar' streams them into mkfs.erofs --tar=f --aufs "
         "(erofs-utils >= 1.8, no root needed), 'dir' unpacks them first (erofs-utils 1.5, "
         "needs root); default 'auto': tar when the mkfs.erofs can",
@@ -121,7 +122,7 @@ def check_not_inside(src: Path, dst: Path) -> None:
 @unwinds_on_signals
 def run(args: argparse.Namespace) -> int:
     from stream_processor.convert.converter import ConvertOptions, convert_image
-    from stream_processor.convert.layers import LayerSettings
+    from stream_processor.convert.layers import Builder, LayerSettings
     from stream_processor.convert.progress import Progress
     from stream_processor.convert.tarlayer import DEFAULT_MAX_LAYER_BYTES
     from stream_processor.pack import chunk_size_option, dm_verity_option
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         level=args.level,
         max_layer_bytes=args.max_layer_bytes or DEFAULT_MAX_LAYER_BYTES,
         mkfs=args.mkfs,
-        builder=args.builder,
+        builder=Builder(args.builder),
         dm_verity_block_size=dm_verity_option(args, chunk_size),
     )
     options = ConvertOptions(

@@ -2,8 +2,8 @@
 
 Split by concern:
 
-- ``oci``: reading OCI image layouts (a directory or an ``oci-archive`` tar),
-  walking index -> manifest -> config, and writing the converted layout.
+- ``oci``: OCI image layouts read (a directory or an ``oci-archive`` tar,
+  every blob verified) and written, and platforms (``Platform``).
 - ``tarstream``: a lean streaming tar reader (ustar, GNU, PAX).
 - ``namespace``: the rules each entry of an untrusted tar layer must obey
   (no escapes, no duplicates, hard links to earlier entries, a byte budget).
@@ -13,11 +13,12 @@ Split by concern:
   empty private directory with the semantics of an overlay layer (OCI
   whiteouts become overlayfs whiteouts).
 - ``erofsbuild``: finding ``mkfs.erofs`` and its version, running it
-  reproducibly on such a directory, fixing the superblock's time and UUID.
+  reproducibly on a directory (for ``pack`` too), fixing the superblock's
+  time and UUID.
 - ``layers``: one layer end to end (blob -> builder -> ``pack``), or an EROFS
   layer re-wrapped.
-- ``converter``: the orchestration: layers converted concurrently, manifests,
-  configs and the index rewritten, a per-layer report.
+- ``converter``: the orchestration: the plan of the image, layers converted in
+  forked workers, manifests, configs and the index rewritten, a typed report.
 - ``progress``: what is printed while converting.
 
 Nothing here is imported on the decode path.

@@ -1,30 +1,21 @@
 """Convert a whole OCI image: plan, convert layers concurrently, rewrite, publish.
 
 1. Plan: walk ``index.json`` (nested indexes too), keep the manifests of the
-   wanted platforms, read their configs, and collect every distinct layer
-   with the diff_id its config promises.
-2. Convert the distinct layers in up to ``jobs`` forked worker processes,
-   largest first (unpacking a tar is Python work that holds the GIL; cores
-   left over go to the compressor's threads). Results are keyed by source
-   digest, so output order and digests do not depend on which layer
-   finished first.
-3. Rewrite bottom-up, as containerd's converter does: layer descriptors get
-   the EROFS media type, new digest and size (and the chunk-table
-   annotations); configs get ``rootfs.diff_ids`` = SHA-256 of each raw EROFS
-   image; manifests become OCI manifests; index entries get the new digests.
-   The image's *shape* (``Shape``) decides what else the index says: by
-   default no OS feature at all, so the platform matcher every pull path on
-   containerd 2.3 uses by default (CRI's ``platforms.DefaultSpec()``) selects
-   the EROFS manifest; ``os_features=("erofs",)`` marks index entry and config
-   as ``ctr images convert --erofs`` does; ``keep_source`` also keeps each
-   source manifest next to its (feature-marked) EROFS one, for mixed fleets.
-   docs/containerd.md says what each pull path selects from each shape.
-4. Publish: everything is written into a staging directory next to DST and
-   renamed into place at the end, so a failed conversion leaves no DST.
+   wanted platforms and collect every distinct layer with its diff_id.
+2. Convert the distinct layers in forked worker processes (``_Workers``),
+   largest first; results are keyed by source digest, so the output does not
+   depend on which layer finished first.
+3. Rewrite bottom-up, as containerd's converter does: EROFS layer
+   descriptors, ``rootfs.diff_ids`` of the raw images, OCI manifests, new
+   index entries. The ``shape`` decides the OS features and whether source
+   manifests are kept; docs/containerd.md says what each pull path selects.
+4. Publish: written into a staging directory next to DST and renamed into
+   place at the end, so a failed conversion leaves no DST.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import multiprocessing
 import os
@@ -32,6 +23,7 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +34,7 @@ from stream_processor.convert.erofsbuild import find_mkfs
 from stream_processor.convert.layers import (
     LayerKind,
     LayerOutcome,
+    LayerReport,
     LayerSettings,
     classify,
     convert_layer,
@@ -57,7 +50,10 @@ from stream_processor.convert.oci import (
     Json,
     Layout,
     LayoutWriter,
+    Platform,
     open_layout,
+    platform_matches,
+    platform_text,
     write_archive,
 )
 from stream_processor.convert.progress import REFRESH_S, Progress
@@ -65,7 +61,6 @@ from stream_processor.errors import DataError, Terminated, UsageError
 from stream_processor.sizes import human
 
 EROFS_FEATURE = "erofs"
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +87,20 @@ class ConvertOptions:
         return self.os_features
 
 
+@dataclass(frozen=True)
+class ManifestRow:
+    """One manifest of the written index, in the report."""
+
+    kind: str  # "erofs", or "source" for a manifest kept as it was (--keep-source)
+    platform: str
+    os_features: list[str]
+    source_digest: str | None
+    digest: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 @dataclass
 class ConvertReport:
     source: str
@@ -104,63 +113,37 @@ class ConvertReport:
     builder: str = ""  # how tar layers are built: "tar" (streamed) or "dir" (unpacked)
     mkfs: str = ""  # which mkfs.erofs, and its erofs-utils version
     seconds: float = 0.0
-    manifests: list[dict[str, Any]] = field(default_factory=list)
-    layers: list[dict[str, Any]] = field(default_factory=list)
+    manifests: list[ManifestRow] = field(default_factory=list)
+    layers: list[LayerReport] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The ``--json`` report: these fields in this order, rows and layers as objects."""
+        doc = dict(self.__dict__)
+        doc["manifests"] = [row.as_json() for row in self.manifests]
+        doc["layers"] = [layer.as_json() for layer in self.layers]
+        return doc
 
     def summary(self) -> str:
         """One line: what was rebuilt from tar and what was re-wrapped, sizes with units."""
-        rebuilt = [layer for layer in self.layers if layer["tar_size"] is not None]
-        rewrapped = [layer for layer in self.layers if layer["tar_size"] is None]
+        rebuilt = [layer for layer in self.layers if layer.tar_size is not None]
+        rewrapped = [layer for layer in self.layers if layer.tar_size is None]
         parts = []
         if rebuilt:
-            tar = sum(layer["tar_size"] for layer in rebuilt)
-            erofs = sum(layer["erofs_size"] for layer in rebuilt)
+            tar = sum(layer.tar_size or 0 for layer in rebuilt)
+            erofs = sum(layer.erofs_size for layer in rebuilt)
             parts.append(f"{len(rebuilt)} rebuilt from tar {human(tar)} -> erofs {human(erofs)}")
         if rewrapped:
-            erofs = sum(layer["erofs_size"] for layer in rewrapped)
+            erofs = sum(layer.erofs_size for layer in rewrapped)
             parts.append(f"{len(rewrapped)} EROFS re-wrapped (erofs {human(erofs)})")
-        wrapped = sum(layer["wrapped_size"] for layer in self.layers)
-        erofs_manifests = sum(1 for m in self.manifests if m.get("kind") == "erofs")
+        wrapped = sum(layer.wrapped_size for layer in self.layers)
+        erofs_manifests = sum(1 for m in self.manifests if m.kind == "erofs")
         shape = self.shape + (f" ({', '.join(self.os_features)})" if self.os_features else "")
         return (
             f"converted {len(self.layers)} layer(s) in {erofs_manifests} manifest(s), "
             f"{shape} index: {', '.join(parts) or 'no layers'} -> {self.compression} "
             f"{human(wrapped)} in {self.seconds:.2f} s -> {self.destination}"
         )
-
-
-# ---------------------------------------------------------------- platforms
-
-
-def parse_platform(text: str) -> tuple[str, str, str | None]:
-    """``os/arch[/variant]`` -> parts; ``UsageError`` otherwise."""
-    parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise UsageError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
-    arch = _ARCH_ALIASES.get(parts[1], parts[1])
-    return parts[0], arch, parts[2] if len(parts) == 3 else None
-
-
-def platform_matches(platform: Json, wanted: tuple[tuple[str, str, str | None], ...]) -> bool:
-    if not wanted:
-        return True
-    arch = _ARCH_ALIASES.get(str(platform.get("architecture")), platform.get("architecture"))
-    for os_name, want_arch, variant in wanted:
-        same_variant = variant is None or platform.get("variant") == variant
-        if platform.get("os") == os_name and arch == want_arch and same_variant:
-            return True
-    return False
-
-
-def platform_text(platform: Json) -> str:
-    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
-    if platform.get("variant"):
-        parts.append(str(platform["variant"]))
-    return "/".join(parts)
 
 
 # ---------------------------------------------------------------- plan
@@ -181,14 +164,6 @@ class _IndexPlan:
     entries: list[_ManifestPlan | _IndexPlan] = field(default_factory=list)
 
 
-@dataclass
-class _Plan:
-    top: _IndexPlan
-    layers: dict[str, tuple[Json, str | None]] = field(default_factory=dict)
-    seen_platforms: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-
 def _media_type_of(layout: Layout, desc: Json) -> str:
     media_type = desc.get("mediaType")
     if isinstance(media_type, str):
@@ -200,74 +175,71 @@ def _media_type_of(layout: Layout, desc: Json) -> str:
     return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
-def _plan_index(
-    layout: Layout,
-    index: Json,
-    desc: Json | None,
-    wanted: tuple[tuple[str, str, str | None], ...],
-    plan: _Plan,
-    depth: int = 0,
-) -> _IndexPlan:
-    if depth > 8:
-        raise DataError("image indexes are nested more than 8 deep; refusing")
-    node = _IndexPlan(index=index, desc=desc)
-    manifests = index.get("manifests")
-    if not isinstance(manifests, list):
-        raise DataError("an image index has no 'manifests' list")
-    for child in manifests:
-        if not isinstance(child, dict):
-            raise DataError("an image index lists something that is not a descriptor")
-        media_type = _media_type_of(layout, child)
-        if media_type in INDEX_TYPES:
-            sub = _plan_index(
-                layout, layout.read_json(child, "index"), child, wanted, plan, depth + 1
+@dataclass
+class _Plan:
+    """The walk of the source's indexes and what it found on the way."""
+
+    layout: Layout
+    wanted: tuple[Platform, ...]
+    layers: dict[str, tuple[Json, str | None]] = field(default_factory=dict)  # by digest
+    seen_platforms: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def index(self, index: Json, desc: Json | None, depth: int = 0) -> _IndexPlan:
+        """The wanted manifests under ``index`` (``desc`` None: the top ``index.json``)."""
+        if depth > 8:
+            raise DataError("image indexes are nested more than 8 deep; refusing")
+        node = _IndexPlan(index=index, desc=desc)
+        manifests = index.get("manifests")
+        if not isinstance(manifests, list):
+            raise DataError("an image index has no 'manifests' list")
+        for child in manifests:
+            if not isinstance(child, dict):
+                raise DataError("an image index lists something that is not a descriptor")
+            media_type = _media_type_of(self.layout, child)
+            if media_type in INDEX_TYPES:
+                sub = self.index(self.layout.read_json(child, "index"), child, depth + 1)
+                if sub.entries:
+                    node.entries.append(sub)
+            elif media_type in MANIFEST_TYPES:
+                entry = self._manifest(child)
+                if entry is not None:
+                    node.entries.append(entry)
+            else:
+                self.skipped.append(f"{child.get('digest')} ({media_type}): not an image manifest")
+        return node
+
+    def _manifest(self, desc: Json) -> _ManifestPlan | None:
+        platform = desc.get("platform")
+        if isinstance(platform, dict) and platform.get("os") == "unknown":
+            # BuildKit attestations (in-toto JSON "layers"): nothing to run, nothing to convert.
+            self.skipped.append(f"{desc.get('digest')}: attestation manifest (platform unknown)")
+            return None
+        manifest = self.layout.read_json(desc, "manifest")
+        config_desc = manifest.get("config")
+        layers = manifest.get("layers")
+        if not isinstance(config_desc, dict) or not isinstance(layers, list):
+            raise DataError(f"manifest {desc.get('digest')} has no config or no layers list")
+        config = self.layout.read_json(config_desc, "config")
+        if not isinstance(platform, dict):
+            platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
+        self.seen_platforms.append(platform_text(platform))
+        if not platform_matches(platform, self.wanted):
+            return None
+        rootfs = config.get("rootfs")
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+            raise DataError(
+                f"config {config_desc.get('digest')} lists {len(diff_ids or [])} diff_ids "
+                f"for {len(layers)} layers"
             )
-            if sub.entries:
-                node.entries.append(sub)
-        elif media_type in MANIFEST_TYPES:
-            entry = _plan_manifest(layout, child, wanted, plan)
-            if entry is not None:
-                node.entries.append(entry)
-        else:
-            plan.skipped.append(f"{child.get('digest')} ({media_type}): not an image manifest")
-    return node
-
-
-def _plan_manifest(
-    layout: Layout,
-    desc: Json,
-    wanted: tuple[tuple[str, str, str | None], ...],
-    plan: _Plan,
-) -> _ManifestPlan | None:
-    platform = desc.get("platform")
-    if isinstance(platform, dict) and platform.get("os") == "unknown":
-        # BuildKit attestations (in-toto JSON "layers"): nothing to run, nothing to convert.
-        plan.skipped.append(f"{desc.get('digest')}: attestation manifest (platform unknown)")
-        return None
-    manifest = layout.read_json(desc, "manifest")
-    config_desc = manifest.get("config")
-    layers = manifest.get("layers")
-    if not isinstance(config_desc, dict) or not isinstance(layers, list):
-        raise DataError(f"manifest {desc.get('digest')} has no config or no layers list")
-    config = layout.read_json(config_desc, "config")
-    if not isinstance(platform, dict):
-        platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
-    plan.seen_platforms.append(platform_text(platform))
-    if not platform_matches(platform, wanted):
-        return None
-    rootfs = config.get("rootfs")
-    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-        raise DataError(
-            f"config {config_desc.get('digest')} lists {len(diff_ids or [])} diff_ids "
-            f"for {len(layers)} layers"
-        )
-    for layer, diff_id in zip(layers, diff_ids, strict=True):
-        if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
-            raise DataError(f"manifest {desc.get('digest')} has a malformed layer descriptor")
-        classify(str(layer.get("mediaType", "")))  # fail before any work on an unknown type
-        plan.layers.setdefault(layer["digest"], (layer, diff_id))
-    return _ManifestPlan(desc=desc, manifest=manifest, config=config, platform=platform)
+        for layer, diff_id in zip(layers, diff_ids, strict=True):
+            if not isinstance(layer, dict) or not isinstance(layer.get("digest"), str):
+                raise DataError(f"manifest {desc.get('digest')} has a malformed layer descriptor")
+            classify(str(layer.get("mediaType", "")))  # fail before any work on an unknown type
+            diff = diff_id if isinstance(diff_id, str) else None
+            self.layers.setdefault(layer["digest"], (layer, diff))
+        return _ManifestPlan(desc=desc, manifest=manifest, config=config, platform=platform)
 
 
 # ---------------------------------------------------------------- rewrite
@@ -342,48 +314,45 @@ def _write_index(
     writer: LayoutWriter,
     options: ConvertOptions,
     layout: Layout,
-) -> Json:
+) -> tuple[Json, list[ManifestRow]]:
+    """The rewritten index (its descriptor, for a nested one) and the report's rows for it.
+
+    The rows list this index's own manifests first, then those of each nested index.
+    """
     manifests: list[Json] = []
+    rows: list[ManifestRow] = []
+    nested_rows: list[ManifestRow] = []
     for e in node.entries:
         if isinstance(e, _IndexPlan):
-            manifests.append(_write_index(e, results, writer, options, layout))
+            desc, sub_rows = _write_index(e, results, writer, options, layout)
+            manifests.append(desc)
+            nested_rows += sub_rows
             continue
         if options.keep_source:
             manifests.append(_keep_source(e, layout, writer))
+            rows.append(_row("source", e, manifests[-1]))
         manifests.append(_write_manifest(e, results, writer, options.features()))
+        rows.append(_row("erofs", e, manifests[-1]))
     index: Json = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     if node.index.get("annotations"):
         index["annotations"] = node.index["annotations"]
     if node.desc is None:
-        return index
+        return index, rows + nested_rows
     desc = writer.add_json(index, OCI_INDEX)
     for key in ("platform", "annotations"):
         if node.desc.get(key):
             desc[key] = node.desc[key]
-    return desc
+    return desc, rows + nested_rows
 
 
-def _manifest_rows(node: _IndexPlan, index: Json, keep_source: bool) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    descs = iter(index["manifests"])
-    for entry in node.entries:
-        if isinstance(entry, _IndexPlan):
-            next(descs)
-            continue
-        if keep_source:
-            rows.append(_row("source", entry, next(descs)))
-        rows.append(_row("erofs", entry, next(descs)))
-    return rows
-
-
-def _row(kind: str, entry: _ManifestPlan, desc: Json) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "platform": platform_text(entry.platform),
-        "os_features": list(desc["platform"].get("os.features", [])),
-        "source_digest": entry.desc.get("digest"),
-        "digest": desc["digest"],
-    }
+def _row(kind: str, entry: _ManifestPlan, desc: Json) -> ManifestRow:
+    return ManifestRow(
+        kind=kind,
+        platform=platform_text(entry.platform),
+        os_features=list(desc["platform"].get("os.features", [])),
+        source_digest=entry.desc.get("digest"),
+        digest=desc["digest"],
+    )
 
 
 # ---------------------------------------------------------------- run
@@ -405,12 +374,12 @@ def convert_image(
     """Convert the OCI image at ``src`` into an EROFS-layer image at ``dst``."""
     started = time.monotonic()
     jobs = options.jobs or os.cpu_count() or 1
-    wanted = tuple(parse_platform(p) for p in options.platforms)
+    wanted = tuple(Platform.parse(p) for p in options.platforms)
     _prepare_destination(dst, options.archive)
     layout = open_layout(src)
-    plan = _Plan(top=_IndexPlan(index={}, desc=None))
-    plan.top = _plan_index(layout, layout.index(), None, wanted, plan)
-    if not plan.top.entries:
+    plan = _Plan(layout, wanted)
+    top = plan.index(layout.index(), None)
+    if not top.entries:
         have = ", ".join(sorted(set(plan.seen_platforms))) or "none"
         asked = ", ".join(options.platforms) or "any"
         raise UsageError(
@@ -430,7 +399,7 @@ def convert_image(
         jobs=jobs,
         shape=options.shape,
         os_features=list(options.features()),
-        builder=settings.builder if builds else "",
+        builder=settings.builder.value if builds else "",
         mkfs=find_mkfs(settings.mkfs).describe() if builds else "",
         skipped=plan.skipped,
     )
@@ -438,16 +407,17 @@ def convert_image(
     try:
         writer = LayoutWriter(staging / "layout")
         work_root = Path(tempfile.mkdtemp(prefix="work-", dir=options.work_dir or staging))
+        layers = [_Layer(d, desc, diff) for d, (desc, diff) in plan.layers.items()]
         try:
-            results = _convert_layers(layout, plan, settings, work_root, writer, jobs, progress)
+            workers = _Workers(layers, settings, layout, work_root, writer.blobs, jobs)
+            results = workers.run(progress)
         finally:
             shutil.rmtree(work_root, ignore_errors=True)
         for outcome in results.values():
             writer.add_file(outcome.blob, outcome.pack.digest)
-        index = _write_index(plan.top, results, writer, options, layout)
+        index, report.manifests = _write_index(top, results, writer, options, layout)
         writer.finish(index)
-        report.manifests = _all_manifest_rows(plan.top, index, writer, options.keep_source)
-        report.layers = [results[d].report.as_json() for d in plan.layers]
+        report.layers = [results[d].report for d in plan.layers]
         _publish(staging, writer.root, dst, options.archive)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -455,170 +425,211 @@ def convert_image(
     return report
 
 
-def _all_manifest_rows(
-    top: _IndexPlan, index: Json, writer: LayoutWriter, keep_source: bool
-) -> list[dict[str, Any]]:
-    rows = _manifest_rows(top, index, keep_source)
-    subs = [d for d in index["manifests"] if d.get("mediaType") == OCI_INDEX]
-    nested = [e for e in top.entries if isinstance(e, _IndexPlan)]
-    for entry, desc in zip(nested, subs, strict=True):
-        rows += _all_manifest_rows(entry, writer.read_json(desc["digest"]), writer, keep_source)
-    return rows
+# ---------------------------------------------------------------- workers
 
 
-# Per-layer progress in shared memory, inherited by forked workers: for layer slot i,
-# [3i] bytes read in the current phase, [3i+1] the phase (layers.PHASES), [3i+2] its total.
-_COUNTERS: Any = None
-_BUSY = False  # in a worker: converting a layer right now
+@dataclass(frozen=True)
+class _Layer:
+    digest: str
+    desc: Json
+    diff_id: str | None  # what the config promises
 
 
-def _worker_sigterm(signum: int, frame: FrameType | None) -> None:
-    """In a worker: unwind the layer in progress, which removes its files.
+class _Board:
+    """Shared memory between the parent and its forked workers (no lock: one writer a cell).
 
-    An idle worker ignores it: it may be blocked in the pool's call queue
-    holding the queue's lock, and dying there would hang the other workers;
-    the pool's shutdown ends it cleanly instead.
+    Per layer slot: the phase (an index into ``layers.PHASES``, -1 while
+    queued), that phase's total bytes, the bytes read in it, and the pid of
+    the worker converting it (0 before it starts). Last, the parent's stop flag.
     """
-    if _BUSY:
-        raise Terminated()
+
+    PHASE, TOTAL, BYTES, PID = range(4)
+
+    def __init__(self, slots: int) -> None:
+        self._cells: Any = multiprocessing.get_context("fork").Array("q", 4 * slots + 1, lock=False)
+        self._stop = 4 * slots
+        for slot in range(slots):
+            self._cells[4 * slot + self.PHASE] = -1
+
+    def get(self, slot: int, field: int) -> int:
+        return int(self._cells[4 * slot + field])
+
+    def set(self, slot: int, field: int, value: int) -> None:
+        self._cells[4 * slot + field] = value
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._cells[self._stop])
+
+    def stop(self) -> None:
+        self._cells[self._stop] = 1
 
 
-def _worker_init() -> None:
-    signal.signal(signal.SIGTERM, _worker_sigterm)
+@dataclass
+class _InWorker:
+    """A worker process's own state: its board, and whether it is converting a layer now."""
+
+    board: _Board
+    busy: bool = False
+
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        """Unwind the layer in progress, which removes its files.
+
+        An idle worker ignores it: it may be blocked in the pool's call queue
+        holding the queue's lock, and dying there would hang the other workers;
+        the pool's shutdown ends it cleanly instead.
+        """
+        if self.busy:
+            raise Terminated()
+
+
+_IN_WORKER: _InWorker | None = None  # set in each worker process by _worker_init
+
+
+def _worker_init(board: _Board) -> None:
+    global _IN_WORKER
+    _IN_WORKER = state = _InWorker(board)
+    signal.signal(signal.SIGTERM, state.on_sigterm)
     # The parent decides (it stops us with SIGTERM); a terminal's hangup or Ctrl-C reaches
     # the whole process group, and these would otherwise be the parent's handlers, inherited.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def _worker(
+def _convert_in_worker(
     slot: int,
+    layer: _Layer,
     layout: Layout,
-    desc: Json,
-    diff_id: str | None,
     settings: LayerSettings,
     work_root: Path,
     blob_dir: Path,
     threads: int,
 ) -> LayerOutcome:
-    """One layer in a worker process; reports progress through ``_COUNTERS[slot]``."""
-    global _BUSY
-    counters = _COUNTERS
-
-    def on_bytes(n: int) -> None:
-        if counters is not None:
-            counters[3 * slot] = n
+    """One layer in a worker process; reports progress on the board at ``slot``."""
+    state = _IN_WORKER
+    assert state is not None, "runs in a worker started by _Workers"
+    board = state.board
 
     def on_phase(index: int, total: int) -> None:
-        if counters is not None:
-            counters[3 * slot + 1], counters[3 * slot + 2] = index, total
-            counters[3 * slot] = 0
+        board.set(slot, _Board.BYTES, 0)
+        board.set(slot, _Board.TOTAL, total)
+        board.set(slot, _Board.PHASE, index)
 
-    _BUSY = True
+    state.busy = True
     try:
+        board.set(slot, _Board.PID, os.getpid())  # first: the parent may be stopping now
+        if board.stopping:  # queued before the parent stopped: not worth starting
+            raise Terminated()
         return convert_layer(
             layout,
-            desc,
-            diff_id,
+            layer.desc,
+            layer.diff_id,
             settings,
             work_root,
             blob_dir,
             threads=threads,
-            on_bytes=on_bytes,
+            on_bytes=lambda n: board.set(slot, _Board.BYTES, n),
             on_phase=on_phase,
         )
     finally:
-        _BUSY = False
+        state.busy = False
 
 
-def _convert_layers(
-    layout: Layout,
-    plan: _Plan,
-    settings: LayerSettings,
-    work_root: Path,
-    writer: LayoutWriter,
-    jobs: int,
-    progress: Progress | None,
-) -> dict[str, LayerOutcome]:
-    """Convert every distinct layer; several at once in worker processes.
+class _Workers:
+    """Converts every distinct layer in forked worker processes, largest first.
 
-    Processes, not threads: unpacking a tar in Python holds the GIL, and on
-    2 cores two layers unpacked at once nearly halve the wall time. Workers
-    are forked, so they inherit the open layout and the progress counters.
+    Processes, not threads: unpacking a tar in Python holds the GIL. Cores
+    left over when there are fewer layers than ``jobs`` go to each layer's
+    compressor threads. Workers are forked, so they inherit the open layout
+    and the board; the parent polls the board for the live line and, to stop
+    (a failed layer, a signal), SIGTERMs the workers the board names.
     """
-    layers = [
-        (d, desc, diff if isinstance(diff, str) else None)
-        for d, (desc, diff) in plan.layers.items()
-    ]
-    workers = max(1, min(jobs, len(layers)))
-    threads = max(1, jobs // workers)  # spare cores go to the compressor
-    if progress is not None:
-        progress.set_total(len(layers))
-    results: dict[str, LayerOutcome] = {}
-    if workers == 1:
-        for digest, desc, diff_id in layers:
-            on_bytes = (lambda n, d=digest: progress.read(d, n)) if progress else None
-            on_phase = (lambda i, t, d=digest: progress.phase(d, i, t)) if progress else None
-            if progress is not None:
-                progress.started(digest)
-            outcome = convert_layer(
-                layout,
-                desc,
-                diff_id,
-                settings,
-                work_root,
-                writer.blobs,
-                threads=threads,
-                on_bytes=on_bytes,
-                on_phase=on_phase,
+
+    def __init__(
+        self,
+        layers: Sequence[_Layer],
+        settings: LayerSettings,
+        layout: Layout,
+        work_root: Path,
+        blob_dir: Path,
+        jobs: int,
+    ) -> None:
+        self._layers = layers
+        self._settings = settings
+        self._layout = layout
+        self._work_root = work_root
+        self._blob_dir = blob_dir
+        self._count = max(1, min(jobs, len(layers)))
+        self._threads = max(1, jobs // self._count)  # spare cores go to the compressor
+        self._board = _Board(len(layers))
+
+    def run(self, progress: Progress | None) -> dict[str, LayerOutcome]:
+        """The outcome of each layer by source digest; the first failure stops the rest."""
+        if progress is not None:
+            progress.set_total(len(self._layers))
+        pool = ProcessPoolExecutor(
+            self._count,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(self._board,),
+        )
+        results: dict[str, LayerOutcome] = {}
+        try:
+            slots: dict[Future[LayerOutcome], int] = {}
+            # Largest first, so the longest layer is not left running alone at the end.
+            order = sorted(
+                range(len(self._layers)), key=lambda i: -int(self._layers[i].desc.get("size", 0))
             )
-            results[digest] = outcome
-            if progress is not None:
-                progress.finished(outcome.report)
-        return results
-    global _COUNTERS
-    ctx = multiprocessing.get_context("fork")
-    _COUNTERS = counters = ctx.Array("q", 3 * len(layers), lock=False)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init)
-    # Largest first, so the longest layer is not left running alone at the end.
-    order = sorted(range(len(layers)), key=lambda i: -int(layers[i][1].get("size", 0)))
-    try:
-        slots: dict[Future[LayerOutcome], tuple[int, str]] = {}
-        for slot in order:
-            digest, desc, diff_id = layers[slot]
-            future = pool.submit(
-                _worker, slot, layout, desc, diff_id, settings, work_root, writer.blobs, threads
-            )
-            slots[future] = (slot, digest)
-        pending = set(slots)
-        while pending:
-            done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
-            for future in done:
-                outcome = future.result()
-                results[slots[future][1]] = outcome
+            for slot in order:
+                future = pool.submit(
+                    _convert_in_worker,
+                    slot,
+                    self._layers[slot],
+                    self._layout,
+                    self._settings,
+                    self._work_root,
+                    self._blob_dir,
+                    self._threads,
+                )
+                slots[future] = slot
+            pending = set(slots)
+            while pending:
+                done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    results[self._layers[slots[future]].digest] = outcome
+                    if progress is not None:
+                        progress.finished(outcome.report)
                 if progress is not None:
-                    progress.finished(outcome.report)
-            if progress is not None:
-                for future in pending:
-                    slot, digest = slots[future]
-                    progress.phase(digest, counters[3 * slot + 1], counters[3 * slot + 2])
-                    if counters[3 * slot]:
-                        progress.read(digest, counters[3 * slot])
-    except BaseException:
-        _stop_workers(pool)  # a failed layer or SIGTERM: do not finish the others first
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        _COUNTERS = None
-    return results
+                    for future in pending:
+                        self._show(progress, slots[future])
+        except BaseException:
+            self._stop(slots.values())  # a failed layer or SIGTERM: do not finish the others
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return results
 
+    def _show(self, progress: Progress, slot: int) -> None:
+        phase = self._board.get(slot, _Board.PHASE)
+        if phase < 0:
+            return  # still queued
+        digest = self._layers[slot].digest
+        progress.phase(digest, phase, self._board.get(slot, _Board.TOTAL))
+        read = self._board.get(slot, _Board.BYTES)
+        if read:
+            progress.read(digest, read)
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """SIGTERM the workers; each unwinds (``Terminated``) and removes its own files."""
-    processes = getattr(pool, "_processes", None) or {}  # no public API for this
-    for process in list(processes.values()):
-        if process.is_alive():
-            process.terminate()
+    def _stop(self, slots: Iterable[int]) -> None:
+        """SIGTERM each worker on a layer; it unwinds (``Terminated``) and removes its files.
+
+        Once per worker: a second signal could interrupt its clean-up. One that
+        has finished its layer and is idle ignores it.
+        """
+        self._board.stop()
+        for pid in {self._board.get(slot, _Board.PID) for slot in slots} - {0}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def _publish(staging: Path, layout_dir: Path, dst: Path, archive: bool) -> None:

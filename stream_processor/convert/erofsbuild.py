@@ -1,25 +1,19 @@
 """Find ``mkfs.erofs`` and run it so that the same layer always gives the same bytes.
 
-Two things in an image built by erofs-utils are not a function of the
-layer's contents: the filesystem UUID and the build time in the superblock.
+Two superblock fields of an image from erofs-utils are not a function of the
+layer's contents, the UUID and the build time; ``finish_image`` sets both
+afterwards and redoes the superblock checksum:
 
-- The UUID is derived from the layer's uncompressed tar digest exactly as
-  containerd's own converter does it
-  (``uuid5(NAMESPACE_URL, "erofs:blobs/<digest>")``) and passed with ``-U``.
-- The build time cannot be fixed with ``-T``: in 1.5, ``-T`` also overwrites
-  every file's mtime, and an OCI layer must keep the mtimes from its tar.
-  Instead the image is built with ``-Eforce-inode-extended`` (every inode
-  then stores its own mtime; a compact inode would borrow the superblock's
-  build time, which we are about to change) and the superblock's build time
-  is set afterwards to a fixed value, with the superblock checksum redone.
+- the UUID as containerd's converter derives it from the layer's diff_id
+  (``layer_uuid``); afterwards, because the streaming builder (``tarmode``)
+  starts ``mkfs.erofs`` before the tar's digest is known;
+- the build time, which ``-T`` cannot fix in 1.5 without overwriting every
+  file's mtime; images are built with ``-Eforce-inode-extended``, so no inode
+  borrows the superblock's time.
 
-``finish_image`` writes both fields afterwards. The UUID too, because the
-streaming builder (``tarmode``) must start ``mkfs.erofs`` before the tar's
-digest is known; both fields live only in the superblock (checked in the
-tests), so the result is byte for byte what ``-U`` would have made.
-
-``mkfs.erofs`` 1.5 sorts directory entries itself, so the order in which the
-extraction directory lists them does not matter (checked in the tests).
+``build_from_directory`` is the one runner on a directory, for convert's
+``dir`` builder and for ``pack DIR``. ``mkfs.erofs`` sorts directory entries
+itself, so the order a directory lists them in does not matter.
 """
 
 from __future__ import annotations
@@ -91,15 +85,28 @@ def mkfs_failed(mkfs: Mkfs, returncode: int, output: str) -> InputOutputError:
 
 
 def build_from_directory(
-    root: Path, image: Path, *, fs_uuid: str, build_time: int = 0, mkfs: Mkfs | None = None
+    root: Path,
+    image: Path,
+    *,
+    fs_uuid: str,
+    build_time: int = 0,
+    mkfs: Mkfs | None = None,
+    stamp_files: bool = False,
 ) -> None:
-    """``mkfs.erofs`` on ``root`` (owners, modes, mtimes, xattrs kept), then fix the time."""
+    """``mkfs.erofs`` on ``root`` (owners, modes, mtimes, xattrs kept), then fix the time.
+
+    The one place a directory becomes an image, for ``convert``'s ``dir``
+    builder and for ``pack DIR``. ``stamp_files`` is ``mkfs.erofs -T``
+    (``pack --timestamp``): every inode gets ``build_time`` as well.
+    """
     mkfs = mkfs or find_mkfs()  # a clear message if erofs-utils is missing
-    cmd = [mkfs.path, "--quiet", "-Eforce-inode-extended", f"-U{fs_uuid}", str(image), str(root)]
+    times = f"-T{build_time}" if stamp_files else "-Eforce-inode-extended"
+    cmd = [mkfs.path, "--quiet", f"-U{fs_uuid}", times, str(image), str(root)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise mkfs_failed(mkfs, proc.returncode, proc.stderr or proc.stdout)
-    finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
+    if not stamp_files:
+        finish_image(image, build_time=build_time, fs_uuid=fs_uuid)
 
 
 def finish_image(

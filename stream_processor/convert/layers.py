@@ -53,6 +53,14 @@ class LayerKind(Enum):
     EROFS = "erofs"
 
 
+class Builder(Enum):
+    """How a tar layer becomes EROFS (``--builder``; the values are the CLI's)."""
+
+    AUTO = "auto"  # TAR when the mkfs.erofs can stream a tar, else DIR
+    TAR = "tar"  # streamed into mkfs.erofs --tar=f --aufs (erofs-utils >= 1.8)
+    DIR = "dir"  # unpacked, then mkfs.erofs on the directory
+
+
 def classify(media_type: str) -> tuple[LayerKind, Compression]:
     """What a layer media type holds and how it is compressed (the rules are ``mediatypes``'),
     ``UsageError`` if unknown."""
@@ -78,22 +86,17 @@ class LayerSettings:
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES
     build_time: int = 0
     mkfs: str = MKFS  # a name looked up on PATH, or a path
-    builder: str = "auto"  # "tar", "dir", or "auto": tar when mkfs.erofs can stream one
+    builder: Builder = Builder.AUTO
     dm_verity_block_size: int | None = None  # append a dm-verity frame (seekable zstd only)
 
 
-BUILDERS = ("auto", "tar", "dir")
-
-
 def resolve_builder(settings: LayerSettings) -> LayerSettings:
-    """``settings`` with ``builder`` decided ("tar" or "dir"); ``UsageError`` if impossible."""
-    if settings.builder not in BUILDERS:
-        raise UsageError(f"unknown builder {settings.builder!r}; choose one of {BUILDERS}")
+    """``settings`` with ``builder`` decided (TAR or DIR); ``UsageError`` if impossible."""
     mkfs = find_mkfs(settings.mkfs)
     builder = settings.builder
-    if builder == "auto":
-        builder = "tar" if mkfs.streams_tar else "dir"
-    if builder == "tar" and not mkfs.streams_tar:
+    if builder is Builder.AUTO:
+        builder = Builder.TAR if mkfs.streams_tar else Builder.DIR
+    if builder is Builder.TAR and not mkfs.streams_tar:
         raise UsageError(
             f"--builder tar needs erofs-utils 1.8 or newer (mkfs.erofs --tar, --mkfs-time); "
             f"{mkfs.describe()} is older. Use --builder dir, or point --mkfs at a newer one"
@@ -200,6 +203,53 @@ def decompressor(raw: BinaryIO, compression: Compression) -> BinaryIO:
     return raw
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One layer's conversion: where it comes from, how it is produced, whom to tell."""
+
+    layout: Layout
+    desc: Json
+    compression: Compression  # of the source blob
+    settings: LayerSettings
+    threads: int
+    on_bytes: Callable[[int], None] | None
+    on_phase: Callable[[int, int], None] | None
+
+    @property
+    def what(self) -> str:
+        return f"layer {self.desc.get('digest')}"
+
+    def phase(self, index: int, total: int) -> None:
+        if self.on_phase is not None:
+            self.on_phase(index, total)
+
+    def pack(self, raw: BinaryIO, out: BinaryIO, *, counts_bytes: bool) -> PackResult:
+        """``raw`` (an EROFS image) wrapped into ``out``; ``counts_bytes``: report its bytes."""
+        settings = self.settings
+        chunk = settings.chunk_size if settings.compression is Compression.ZSTD else None
+        on_bytes = self.on_bytes if counts_bytes else None
+        return pack_image(
+            raw,
+            out,
+            compression=settings.compression,
+            level=settings.level,
+            chunk_size=chunk,
+            threads=self.threads,
+            dm_verity_block_size=settings.dm_verity_block_size,
+            on_progress=None if on_bytes is None else lambda read, _written: on_bytes(read),
+        )
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A tar layer rebuilt and wrapped."""
+
+    pack: PackResult
+    tar_size: int
+    entries: int
+    phases: dict[str, float]  # unpack (dir builder) / mkfs / pack seconds
+
+
 def convert_layer(
     layout: Layout,
     desc: Json,
@@ -221,36 +271,21 @@ def convert_layer(
     started = time.monotonic()
     media_type = str(desc.get("mediaType", ""))
     kind, compression = classify(media_type)
+    job = _Job(layout, desc, compression, settings, threads, on_bytes, on_phase)
     work = Path(tempfile.mkdtemp(prefix="layer-", dir=work_root))
     blob_fd, blob_name = tempfile.mkstemp(prefix=".tmp-", dir=blob_dir)
     blob = Path(blob_name)
     os.fchmod(blob_fd, 0o644)
+    built: _Built | None = None
     source_chunk_digest = None
     try:
         with open(blob_fd, "wb") as out:
             if kind is LayerKind.TAR:
-                timings: dict[str, float] = {}
-                phases: dict[str, float] | None = timings
-                pack, tar_size, entries = _from_tar(
-                    layout,
-                    desc,
-                    compression,
-                    expected_diff_id,
-                    settings,
-                    work,
-                    out,
-                    threads,
-                    on_bytes,
-                    timings,
-                    on_phase,
-                )
+                built = _from_tar(job, expected_diff_id, work, out)
+                pack = built.pack
             else:
-                if on_phase is not None:
-                    on_phase(PHASE_REWRAP, int(desc.get("size", 0)))
-                pack, source_chunk_digest = _rewrap(
-                    layout, desc, compression, settings, out, threads, on_bytes
-                )
-                tar_size, entries, phases = None, None, None
+                job.phase(PHASE_REWRAP, int(desc.get("size", 0)))
+                pack, source_chunk_digest = _rewrap(job, out)
     except BaseException:
         blob.unlink(missing_ok=True)
         raise
@@ -260,35 +295,23 @@ def convert_layer(
         source_digest=str(desc.get("digest")),
         source_media_type=media_type,
         source_size=int(desc.get("size", 0)),
-        kind="built" if kind is LayerKind.TAR else "rewrapped",
-        tar_size=tar_size,
+        kind="built" if built is not None else "rewrapped",
+        tar_size=built.tar_size if built is not None else None,
         erofs_size=pack.image_size,
         wrapped_size=pack.size,
         media_type=pack.media_type,
         digest=pack.digest,
         diff_id=pack.diff_id,
         seconds=round(time.monotonic() - started, 3),
-        entries=entries,
-        phases=phases,
-        builder=settings.builder if kind is LayerKind.TAR else None,
+        entries=built.entries if built is not None else None,
+        phases=built.phases if built is not None else None,
+        builder=settings.builder.value if built is not None else None,
         source_chunk_digest=source_chunk_digest,
     )
     return LayerOutcome(pack, blob, report)
 
 
-def _from_tar(
-    layout: Layout,
-    desc: Json,
-    compression: Compression,
-    expected_diff_id: str | None,
-    settings: LayerSettings,
-    work: Path,
-    out: BinaryIO,
-    threads: int,
-    on_bytes: Callable[[int], None] | None,
-    phases: dict[str, float],
-    on_phase: Callable[[int, int], None] | None = None,
-) -> tuple[PackResult, int, int]:
+def _from_tar(job: _Job, expected_diff_id: str | None, work: Path, out: BinaryIO) -> _Built:
     """A tar layer through the chosen builder into an image, then wrapped into ``out``.
 
     The ``tar`` builder starts ``mkfs.erofs`` before the tar's digest is
@@ -296,12 +319,14 @@ def _from_tar(
     one gets it fixed in the superblock afterwards (the same bytes, see
     ``erofsbuild``).
     """
+    settings = job.settings
     image = work / "layer.erofs"
     mkfs = find_mkfs(settings.mkfs)
     started = time.monotonic()
-    streamed = settings.builder == "tar"
+    streamed = settings.builder is Builder.TAR
     promised = layer_uuid(expected_diff_id or "")
     root = work / "rootfs"
+    phases: dict[str, float] = {}
 
     def build(tar: BinaryIO) -> ExtractStats:
         if streamed:
@@ -316,30 +341,25 @@ def _from_tar(
         root.mkdir(mode=0o755)
         return extract_layer(tar, root, max_bytes=settings.max_layer_bytes)
 
-    if on_phase is not None:
-        on_phase(PHASE_READ, 0)
-    stats, tar_size, diff_id = _read_tar(
-        layout, desc, compression, expected_diff_id, on_bytes, build
-    )
+    job.phase(PHASE_READ, 0)
+    stats, tar_size, diff_id = _read_tar(job, expected_diff_id, build)
     if streamed:
         if layer_uuid(diff_id) != promised:
             finish_image(image, build_time=settings.build_time, fs_uuid=layer_uuid(diff_id))
     else:
         phases["unpack"] = round(time.monotonic() - started, 3)
-        if on_phase is not None:
-            on_phase(PHASE_MKFS, 0)
+        job.phase(PHASE_MKFS, 0)
         build_from_directory(
             root, image, fs_uuid=layer_uuid(diff_id), build_time=settings.build_time, mkfs=mkfs
         )
         shutil.rmtree(root, ignore_errors=True)  # free the space before compressing
     built = time.monotonic()
-    if on_phase is not None:
-        on_phase(PHASE_PACK, image.stat().st_size)
+    job.phase(PHASE_PACK, image.stat().st_size)
     with image.open("rb") as raw:
-        pack = _pack(raw, out, settings, threads, on_bytes)
+        pack = job.pack(raw, out, counts_bytes=True)
     phases["mkfs"] = round(built - started - phases.get("unpack", 0.0), 3)
     phases["pack"] = round(time.monotonic() - built, 3)
-    return pack, tar_size, stats.entries
+    return _Built(pack, tar_size, stats.entries, phases)
 
 
 # What a layer is doing, for the live line (``on_phase``): index -> words.
@@ -353,20 +373,15 @@ def about(what: str, message: str) -> str:
 
 
 def _read_tar(
-    layout: Layout,
-    desc: Json,
-    compression: Compression,
-    expected_diff_id: str | None,
-    on_bytes: Callable[[int], None] | None,
-    builder: Callable[[BinaryIO], ExtractStats],
+    job: _Job, expected_diff_id: str | None, builder: Callable[[BinaryIO], ExtractStats]
 ) -> tuple[ExtractStats, int, str]:
     """Stream the layer's tar once into ``builder``; check the blob and the diff_id.
 
     Returns what the builder reports, the tar's size and its diff_id.
     """
-    what = f"layer {desc.get('digest')}"
-    with layout.open_blob(desc, "layer") as blob:
-        tar = HashingReader(decompressor(blob, compression), what, on_bytes)
+    what = job.what
+    with job.layout.open_blob(job.desc, "layer") as blob:
+        tar = HashingReader(decompressor(blob, job.compression), what, job.on_bytes)
         try:
             stats = builder(io.BufferedReader(tar, READ_SIZE))
         except DataError as exc:
@@ -383,32 +398,24 @@ def _read_tar(
     return stats, tar.size, diff_id
 
 
-def _rewrap(
-    layout: Layout,
-    desc: Json,
-    compression: Compression,
-    settings: LayerSettings,
-    out: BinaryIO,
-    threads: int,
-    on_bytes: Callable[[int], None] | None,
-) -> tuple[PackResult, str | None]:
+def _rewrap(job: _Job, out: BinaryIO) -> tuple[PackResult, str | None]:
     """Re-wrap an EROFS layer; also check its chunk_digest annotation, if it has one.
 
     Returns the pack result and the annotation's form ("sha512", or "sha256" as
     earlier versions of this project wrote it), None without the annotation.
     """
-    what = f"layer {desc.get('digest')}"
-    notes = desc.get("annotations") or {}
+    what = job.what
+    notes = job.desc.get("annotations") or {}
     table_digest = notes.get(seekable.ANNOTATION_TABLE_DIGEST)
     table_offset = notes.get(seekable.ANNOTATION_TABLE_OFFSET)
     form = None
-    with layout.open_blob(desc, "layer") as blob:
+    with job.layout.open_blob(job.desc, "layer") as blob:
         source: Any = blob
         if table_digest is not None and str(table_offset or "").isdigit():
             source = capture = seekable.FrameCapture(blob, int(str(table_offset)))
-        image = HashingReader(decompressor(source, compression), what, on_bytes)
+        image = HashingReader(decompressor(source, job.compression), what, job.on_bytes)
         try:
-            pack = _pack(io.BufferedReader(image, READ_SIZE), out, settings, threads)
+            pack = job.pack(io.BufferedReader(image, READ_SIZE), out, counts_bytes=False)
         except DataError as exc:
             raise DataError(about(what, exc.message)) from None
         image.drain()  # pack_image reads to the end already; this only makes it explicit
@@ -420,23 +427,3 @@ def _rewrap(
         except DataError as exc:
             raise DataError(about(what, exc.message)) from None
     return pack, form
-
-
-def _pack(
-    raw: BinaryIO,
-    out: BinaryIO,
-    settings: LayerSettings,
-    threads: int,
-    on_bytes: Callable[[int], None] | None = None,
-) -> PackResult:
-    chunk = settings.chunk_size if settings.compression is Compression.ZSTD else None
-    return pack_image(
-        raw,
-        out,
-        compression=settings.compression,
-        level=settings.level,
-        chunk_size=chunk,
-        threads=threads,
-        dm_verity_block_size=settings.dm_verity_block_size,
-        on_progress=None if on_bytes is None else lambda read, _written: on_bytes(read),
-    )

@@ -18,10 +18,10 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from stream_processor.errors import DataError, InputOutputError, UsageError
 
@@ -39,6 +39,56 @@ MAX_JSON_BYTES = 4 << 20
 READ_SIZE = 1 << 20
 
 Json = dict[str, Any]
+
+# What ``uname -m`` and some images say, to the GOARCH names OCI platforms use.
+ARCH_ALIASES = {
+    "x86_64": "amd64",
+    "x86-64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "arm",
+    "i686": "386",
+}
+
+
+def normalize_arch(arch: str) -> str:
+    """The OCI (GOARCH) name of an architecture: ``x86_64`` -> ``amd64``."""
+    return ARCH_ALIASES.get(arch, arch)
+
+
+class Platform(NamedTuple):
+    """A wanted platform, ``os/arch[/variant]`` (``--platform``)."""
+
+    os: str
+    arch: str
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """``os/arch[/variant]``, the architecture normalized; ``UsageError`` otherwise."""
+        parts = text.strip().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise UsageError(f"--platform {text!r}: expected OS/ARCH[/VARIANT], e.g. linux/amd64")
+        return cls(parts[0], normalize_arch(parts[1]), parts[2] if len(parts) == 3 else None)
+
+    def matches(self, platform: Json) -> bool:
+        """Whether an image's ``platform`` object is this one (any variant if none is given)."""
+        arch = normalize_arch(str(platform.get("architecture")))
+        same_variant = self.variant is None or platform.get("variant") == self.variant
+        return platform.get("os") == self.os and arch == self.arch and same_variant
+
+
+def platform_matches(platform: Json, wanted: Iterable[Platform]) -> bool:
+    """Whether ``platform`` is one of ``wanted``; every platform is when none is."""
+    wanted = tuple(wanted)
+    return not wanted or any(w.matches(platform) for w in wanted)
+
+
+def platform_text(platform: Json) -> str:
+    """``os/arch[/variant]`` of an image's ``platform`` object, ``?`` for what it lacks."""
+    parts = [str(platform.get("os", "?")), str(platform.get("architecture", "?"))]
+    if platform.get("variant"):
+        parts.append(str(platform["variant"]))
+    return "/".join(parts)
 
 
 def canonical_json(doc: Json) -> bytes:
@@ -284,10 +334,6 @@ class LayoutWriter:
         if not target.exists():
             target.write_bytes(data)
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
-
-    def read_json(self, digest: str) -> Json:
-        """A JSON blob this writer stored (for the report)."""
-        return _parse_json((self.root / _blob_rel(digest)).read_bytes(), digest)
 
     def finish(self, index: Json) -> None:
         (self.root / LAYOUT_FILE).write_bytes(canonical_json(LAYOUT_VERSION))
