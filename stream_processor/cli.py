@@ -214,10 +214,9 @@ def run() -> NoReturn:
     containerd waits for the processor to exit before it moves to the layer's next
     step, and a decode has nothing left to do once ``main`` returns: its output went
     out with ``os.writev``, a log record with one ``os.write``, and its threads have
-    finished. Python's teardown (module clean-up, freeing the heap) still took
-    ~10 ms after a tiny layer and ~130 ms after a 563 MB one here (README
-    "Performance"), so a decode leaves with ``os._exit`` after flushing Python's own
-    stdout and stderr. Other commands exit normally: ``convert``'s worker pool and
+    finished. Python's teardown (module clean-up, freeing the heap) still cost
+    every layer time (README "Performance"), so a decode leaves with ``os._exit``
+    after flushing Python's own stdout and stderr. Other commands exit normally: ``convert``'s worker pool and
     ``tempfile`` rely on the usual shutdown.
     """
     code = main()

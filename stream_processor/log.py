@@ -6,9 +6,9 @@ to a log file: event, reason, media type, bytes in/out, duration, exit code.
 The file is opened with O_APPEND and each record is written with one
 ``write``, so parallel decodes sharing a file never interleave within a line.
 
-The records are rendered here, without structlog: importing structlog cost
-70-120 ms on every layer that logs (it pulls in asyncio, ssl, typing and
-more; README "Dependencies"), and this module only needs two fixed formats.
+The records are rendered here, without structlog: importing it (asyncio, ssl,
+typing and more) cost far more than a record may (README "Dependencies"), and
+this module only needs two fixed formats.
 It imports nothing beyond ``os``/``time`` (JSON strings are escaped by the C
 helper behind the stdlib ``json`` module, without importing ``json`` and its
 ``re``), and the decode command imports it only when a record will be

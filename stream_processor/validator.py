@@ -36,8 +36,9 @@ Kind.EROFS, Kind.TAR = Kind._define("erofs", "tar")
 
 def libmagic(data: bytes) -> str:
     """What ``file(1)`` says about ``data``, in full: the one place libmagic is loaded
-    (~15 ms, so only on error paths and by ``inspect``). Raises if it is missing or broken."""
-    import magic  # deferred: costs ~15 ms of start-up
+    (it is slow to load, so only on error paths and by ``inspect``). Raises if it is
+    missing or broken."""
+    import magic  # deferred: never on a good layer's start-up
 
     return str(magic.from_buffer(data))
 

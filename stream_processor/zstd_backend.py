@@ -1,9 +1,8 @@
 """python-zstandard's C backend, loaded without the ``zstandard`` package's ``__init__``.
 
 ``import zstandard`` runs a package ``__init__`` that imports ``platform`` (and with
-it ``re``) only to choose between its backends: about 15 ms of every layer's start-up
-on this project's machine kind (README "Performance"), for a choice the decode path
-does not need, since it uses the C backend's classes alone. This loads that extension
+it ``re``) only to choose between its backends: a large share of every layer's
+start-up (README "Performance"), for a choice the decode path does not need, since it uses the C backend's classes alone. This loads that extension
 module from its file with ``importlib.machinery``'s public loader API and registers it
 under its own name, so that a later ``import zstandard`` (``pack``, ``inspect``) finds
 it there and behaves as usual. Anything unexpected (a backend policy chosen through

@@ -227,7 +227,7 @@ class ParsedArgs:
 
 
 def parse_fast(argv: list[str]) -> ParsedArgs | None:
-    """The usual command line without building an argparse parser (~5 ms per layer).
+    """The usual command line without importing argparse or building its parser.
 
     Accepts only ``--option value`` and ``--option=value`` of the options
     above (a switch only bare), each valid; for anything else (help, a typo,
