@@ -216,8 +216,8 @@ def run() -> NoReturn:
     out with ``os.writev``, a log record with one ``os.write``, and its threads have
     finished. Python's teardown (module clean-up, freeing the heap) still cost
     every layer time (README "Performance"), so a decode leaves with ``os._exit``
-    after flushing Python's own stdout and stderr. Other commands exit normally: ``convert``'s worker pool and
-    ``tempfile`` rely on the usual shutdown.
+    after flushing Python's own stdout and stderr. Other commands exit normally:
+    ``convert``'s worker pool and ``tempfile`` rely on the usual shutdown.
     """
     code = main()
     try:
