@@ -2,10 +2,11 @@
 
 ``import zstandard`` runs a package ``__init__`` that imports ``platform`` (and with
 it ``re``) only to choose between its backends: a large share of every layer's
-start-up (README "Performance"), for a choice the decode path does not need, since it uses the C backend's classes alone. This loads that extension
-module from its file with ``importlib.machinery``'s public loader API and registers it
-under its own name, so that a later ``import zstandard`` (``pack``, ``inspect``) finds
-it there and behaves as usual. Anything unexpected (a backend policy chosen through
+start-up (README "Performance"), for a choice the decode path does not need, since
+it uses the C backend's classes alone. This loads that extension module from its
+file with ``importlib.machinery``'s public loader API and registers it under its own
+name, so that a later ``import zstandard`` (``pack``, ``inspect``) finds it there and
+behaves as usual. Anything unexpected (a backend policy chosen through
 ``PYTHON_ZSTANDARD_IMPORT_POLICY``, a package without the C extension) falls back to
 ``import zstandard``.
 """
