@@ -29,6 +29,9 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 OCI_LAYER_TAR_ZSTD = OCI_LAYER_TAR + "+zstd"
 OCI_LAYER_TAR_GZIP = OCI_LAYER_TAR + "+gzip"
 OCI_LAYER_EROFS = "application/vnd.oci.image.layer.v1.erofs"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_TAR_GZIP = DOCKER_LAYER_TAR + ".gzip"
+DOCKER_LAYER_TAR_ZSTD = DOCKER_LAYER_TAR + ".zstd"
 
 
 class Named:
@@ -122,8 +125,8 @@ _SHARED: dict[str, Compression] = {
     OCI_LAYER_TAR_GZIP: Compression.GZIP,
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": Compression.ZSTD,
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": Compression.GZIP,
-    "application/vnd.docker.image.rootfs.diff.tar.gzip": Compression.GZIP,
-    "application/vnd.docker.image.rootfs.diff.tar.zstd": Compression.ZSTD,
+    DOCKER_LAYER_TAR_GZIP: Compression.GZIP,
+    DOCKER_LAYER_TAR_ZSTD: Compression.ZSTD,
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": Compression.GZIP,
 }
 
@@ -134,7 +137,7 @@ _SUFFIXES: dict[str, Compression] = {"+zstd": Compression.ZSTD, "+gzip": Compres
 _PLAIN_TAR: tuple[str, ...] = (
     OCI_LAYER_TAR,
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.docker.image.rootfs.diff.tar",
+    DOCKER_LAYER_TAR,
 )
 
 # Short names, one vocabulary for every command: ``decode``/``inspect --media-type`` and

@@ -28,7 +28,12 @@ import zstandard
 from stream_processor.convert import oci
 from stream_processor.convert.namespace import WHITEOUT_OPAQUE, WHITEOUT_PREFIX
 from stream_processor.convert.oci import DOCKER_CONFIG, DOCKER_MANIFEST
-from stream_processor.mediatypes import OCI_LAYER_TAR, OCI_LAYER_TAR_GZIP, OCI_LAYER_TAR_ZSTD
+from stream_processor.mediatypes import (
+    DOCKER_LAYER_TAR_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYER_TAR_GZIP,
+    OCI_LAYER_TAR_ZSTD,
+)
 
 # Named here too: other test modules and the benchmarks import them from this module.
 OCI_INDEX, OCI_MANIFEST, OCI_CONFIG = oci.OCI_INDEX, oci.OCI_MANIFEST, oci.OCI_CONFIG
@@ -36,7 +41,7 @@ LAYER_TYPES = {
     "none": OCI_LAYER_TAR,
     "gzip": OCI_LAYER_TAR_GZIP,
     "zstd": OCI_LAYER_TAR_ZSTD,
-    "docker-gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",  # no constant for it
+    "docker-gzip": DOCKER_LAYER_TAR_GZIP,
 }
 WH = WHITEOUT_PREFIX
 OPQ = WHITEOUT_OPAQUE
