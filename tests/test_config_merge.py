@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 import tomlkit
 
-from stream_processor.containerd import check, executable, platforms, render, tomlfile, versions
-from stream_processor.containerd import merge as cm
-from stream_processor.containerd.names import (
-    CRI_IMAGES,
-    DIFF_SERVICE,
-    EROFS_DIFFER,
-    EROFS_SNAPSHOTTER,
-    PROCESSOR_ID,
-    TRANSFER,
+from stream_processor.containerd import (
+    check,
+    executable,
+    names,
+    platforms,
+    render,
+    tomlfile,
+    versions,
 )
+from stream_processor.containerd import merge as cm
 from tests.builders import DISABLED_PLUGINS, write_wrapper
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
 from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
@@ -40,12 +40,12 @@ from tests.daemon_helpers import CONTAINERD_21_BIN as BIN_21
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
 HOST = platforms.host_platform()
 PLUGIN_KEYS = {
-    ("plugins", CRI_IMAGES, "snapshotter"),
-    ("plugins", DIFF_SERVICE, "default"),
-    ("plugins", TRANSFER, "max_concurrent_unpacks"),
-    ("plugins", TRANSFER, "unpack_config"),
-    ("plugins", EROFS_DIFFER),
-    ("plugins", EROFS_SNAPSHOTTER),
+    ("plugins", names.CRI_IMAGES, "snapshotter"),
+    ("plugins", names.DIFF_SERVICE, "default"),
+    ("plugins", names.TRANSFER, "max_concurrent_unpacks"),
+    ("plugins", names.TRANSFER, "unpack_config"),
+    ("plugins", names.EROFS_DIFFER),
+    ("plugins", names.EROFS_SNAPSHOTTER),
 }
 
 HAND_WRITTEN = """\
@@ -107,7 +107,7 @@ def flat(node: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
 
 
 def intended(path: tuple[str, ...], profile: versions.Profile) -> bool:
-    if path[:2] == ("stream_processors", PROCESSOR_ID) or path == ("version",):
+    if path[:2] == ("stream_processors", names.PROCESSOR_ID) or path == ("version",):
         return True
     return profile.erofs_plugins and any(path[: len(k)] == k for k in PLUGIN_KEYS)
 
@@ -131,7 +131,7 @@ def assert_merged(before: str, after: str, profile: versions.Profile) -> None:
     assert all(intended(p, profile) for p in added), added
     missing = [c for c in comment_lines(before) if c not in after]
     assert not missing, missing
-    entry = tomllib.loads(after)["stream_processors"][PROCESSOR_ID]
+    entry = tomllib.loads(after)["stream_processors"][names.PROCESSOR_ID]
     assert entry["returns"] == "application/vnd.oci.image.layer.v1.tar"
 
 
@@ -147,9 +147,9 @@ def one_error(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def test_line_of_finds_keys_in_any_quoting_and_nth_table() -> None:
-    assert cm.line_of(HAND_WRITTEN, ("plugins", TRANSFER), "max_concurrent_downloads") == 14
+    assert cm.line_of(HAND_WRITTEN, ("plugins", names.TRANSFER), "max_concurrent_downloads") == 14
     assert cm.line_of(HAND_WRITTEN, ("plugins", "io.containerd.cri.v1.runtime")) == 10
-    assert cm.line_of(HAND_WRITTEN, ("plugins", TRANSFER, "unpack_config"), "platform") == 16
+    assert cm.line_of(HAND_WRITTEN, ("plugins", names.TRANSFER, "unpack_config"), "platform") == 16
     assert cm.line_of(HAND_WRITTEN, ("plugins",), "nothing") is None
 
 
@@ -173,7 +173,7 @@ def test_containerd_defaults_are_not_conflicts_but_operator_values_are() -> None
         'version = 3\n[plugins."io.containerd.service.v1.diff-service"]\n  default = ["walking"]\n'
     )
     result = cm.merge(stock, _opts(versions.profile_for("2.3")))
-    assert tomllib.loads(result.after)["plugins"][DIFF_SERVICE]["default"] == [
+    assert tomllib.loads(result.after)["plugins"][names.DIFF_SERVICE]["default"] == [
         "erofs",
         "walking",
     ]
@@ -185,8 +185,8 @@ def test_containerd_defaults_are_not_conflicts_but_operator_values_are() -> None
     forced = tomllib.loads(
         cm.merge(CONFLICTING, _opts(versions.profile_for("2.3")), force=True).after
     )
-    assert forced["plugins"][DIFF_SERVICE]["default"] == ["erofs", "walking"]
-    assert forced["plugins"][CRI_IMAGES]["snapshotter"] == "erofs"
+    assert forced["plugins"][names.DIFF_SERVICE]["default"] == ["erofs", "walking"]
+    assert forced["plugins"][names.CRI_IMAGES]["snapshotter"] == "erofs"
     assert forced["disabled_plugins"] == []
 
 
@@ -195,7 +195,7 @@ def test_more_parallel_unpacks_than_needed_are_kept() -> None:
         'version = 3\n[plugins."io.containerd.transfer.v1.local"]\n  max_concurrent_unpacks = 8\n'
     )
     after = tomllib.loads(cm.merge(text, _opts(versions.profile_for("2.3"))).after)
-    assert after["plugins"][TRANSFER]["max_concurrent_unpacks"] == 8
+    assert after["plugins"][names.TRANSFER]["max_concurrent_unpacks"] == 8
 
 
 # ---------------------------------------------------------------- through the CLI
@@ -217,8 +217,8 @@ def test_merge_hand_written_config_keeps_everything_else(node: tuple[Path, Path,
     after = config.read_text()
     assert_merged(HAND_WRITTEN, after, versions.profile_for("2.3"))
     doc = tomllib.loads(after)
-    assert doc["stream_processors"][PROCESSOR_ID]["path"] == str(exe)
-    unpack = doc["plugins"][TRANSFER]["unpack_config"]
+    assert doc["stream_processors"][names.PROCESSOR_ID]["path"] == str(exe)
+    unpack = doc["plugins"][names.TRANSFER]["unpack_config"]
     assert unpack[0] == {"platform": "linux/arm64", "snapshotter": "overlayfs"}  # not ours
     assert {u["platform"] for u in unpack[1:]} == {HOST, platforms.erofs_platform(HOST)}
     assert (config.parent / "config.toml.bak").read_text() == HAND_WRITTEN
@@ -365,7 +365,7 @@ def test_config_registers_the_script_it_was_started_as(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{other}:{os.environ['PATH']}"}
     result = subprocess.run([str(script), "config"], capture_output=True, env=env, check=False)
     assert result.returncode == 0, result.stderr
-    entry = tomllib.loads(result.stdout.decode())["stream_processors"][PROCESSOR_ID]
+    entry = tomllib.loads(result.stdout.decode())["stream_processors"][names.PROCESSOR_ID]
     assert entry["path"] == str(script)
     assert result.stderr == b""
 
@@ -620,7 +620,7 @@ def test_unpack_entry_for_this_platform_with_another_snapshotter_is_a_conflict()
     with pytest.raises(cm.MergeConflict, match=f"line 8: .*unpack_config]] for {HOST}"):
         cm.merge(text, _opts(versions.profile_for("2.3")))
     forced = tomllib.loads(cm.merge(text, _opts(versions.profile_for("2.3")), force=True).after)
-    unpack = forced["plugins"][TRANSFER]["unpack_config"]
+    unpack = forced["plugins"][names.TRANSFER]["unpack_config"]
     assert unpack[1] == {"platform": HOST, "snapshotter": "erofs", "differ": "erofs"}
     assert len(unpack) == 3  # arm64 kept, HOST fixed, the +erofs twin added
 

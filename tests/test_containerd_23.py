@@ -44,8 +44,7 @@ from typing import Any
 
 import pytest
 
-from stream_processor.containerd import executable, platforms, render, tomlfile, versions
-from stream_processor.containerd.names import EROFS_DIFFER, EROFS_SNAPSHOTTER
+from stream_processor.containerd import executable, names, platforms, render, tomlfile, versions
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
 from tests.builders import DISABLED_PLUGINS, manifests, write_wrapper
 from tests.conftest import ROOT, tar_mode_mkfs
@@ -108,7 +107,7 @@ class Daemon23:
         return log_records(self.log_file)
 
     def layer_files(self) -> set[Path]:
-        return set((self.root / EROFS_SNAPSHOTTER).glob("snapshots/*/layer.erofs"))
+        return set((self.root / names.EROFS_SNAPSHOTTER).glob("snapshots/*/layer.erofs"))
 
 
 def snippet_23(wrapper: Path, log_file: Path) -> str:
@@ -519,7 +518,7 @@ def test_node_without_erofs_snapshotter(shapes: dict[str, Shape], tmp_path: Path
         finally:
             stop_daemon(proc)
         snippet = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
-        missing = (EROFS_SNAPSHOTTER, EROFS_DIFFER)
+        missing = (names.EROFS_SNAPSHOTTER, names.EROFS_DIFFER)
         proc, d = start_daemon(bin23, base / "ours", snippet, missing)
         try:
             got = pull(d, "ours", ref)

@@ -1,7 +1,8 @@
 """The ``config`` command: snippets per containerd version/differ, and ``--check``.
 
-The routing facts asserted here are docs/containerd.md section 1; the real-daemon
-tests run generated configs on containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
+The routing facts behind them are docs/containerd.md section 1 (their table is tested
+in test_containerd_versions.py); the real-daemon tests run generated configs on
+containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ from typing import Any
 import pytest
 
 from stream_processor import PROG, log, mediatypes
-from stream_processor.containerd import check, executable, platforms, render, routes, versions
-from stream_processor.containerd.names import (
-    CRI_IMAGES,
-    DIFF_SERVICE,
-    EROFS_DIFFER,
-    EROFS_SNAPSHOTTER,
-    PROCESSOR_ID,
-    TRANSFER,
+from stream_processor.containerd import (
+    check,
+    executable,
+    names,
+    render,
+    versions,
 )
-from stream_processor.errors import UsageError
 from tests.conftest import ROOT, run_cli
 
 CONFIG_DIR = ROOT / "config"
@@ -54,104 +52,6 @@ def _problems(config: dict[str, Any], profile: versions.Profile, check_path: boo
     return "\n".join(str(f) for f in report.problems)
 
 
-# ------------------------------------------------------------------ profiles
-
-
-def test_profile_23_routes_zstd_erofs_as_tar_zstd_and_rejects_gzip() -> None:
-    p = versions.profile_for("2.3")
-    assert (p.zstd_route, p.gzip_route, p.config_version) == (TAR_ZSTD, None, 3)
-    assert p.erofs_plugins
-
-
-def test_profile_pr12506_routes_erofs_media_types_under_their_own_names() -> None:
-    p = versions.profile_for("2.3", versions.PR12506)
-    assert (p.zstd_route, p.gzip_route) == (EROFS_ZSTD, EROFS_GZIP)
-
-
-@pytest.mark.parametrize(("version", "config_version"), [("1.6", 2), ("1.7", 2), ("2.2", 3)])
-def test_profile_before_23_sends_no_erofs_to_processors(version: str, config_version: int) -> None:
-    p = versions.profile_for(version)
-    assert (p.zstd_route, p.gzip_route, p.erofs_plugins) == (None, None, False)
-    assert p.config_version == config_version
-    assert p.default_routes() == (TAR_ZSTD,)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("2.3.4", "2.3"), ("v1.6.20", "1.6"), ("1.6.20~ds1", "1.6"), ("2", "2.0")],
-)
-def test_version_strings_normalize(text: str, expected: str) -> None:
-    assert versions.normalize_version(text) == expected
-    assert versions.profile_for(text).version == expected
-
-
-def test_default_version_is_latest_known() -> None:
-    assert versions.profile_for().version == versions.LATEST == "2.3"
-
-
-def test_newer_version_assumes_latest_and_says_so() -> None:
-    p = versions.profile_for("2.4")
-    assert p.zstd_route == TAR_ZSTD
-    assert any("not observed" in n for n in p.notes)
-
-
-@pytest.mark.parametrize(
-    ("version", "differ", "words"),
-    [
-        ("1.5", versions.STOCK, "not supported"),
-        ("banana", versions.STOCK, "not a containerd version"),
-        ("1.6", versions.PR12506, "PR 12506"),
-        ("2.3", "walking", "unknown differ"),
-    ],
-)
-def test_profile_refuses_unknown_or_impossible(version: str, differ: str, words: str) -> None:
-    with pytest.raises(UsageError, match=words):
-        versions.profile_for(version, differ)
-
-
-# ------------------------------------------------------------------ routes
-
-
-@pytest.mark.parametrize(
-    ("names", "differ", "expected"),
-    [
-        (None, versions.STOCK, (TAR_ZSTD,)),
-        (["tar+zstd", "tar+gzip"], versions.STOCK, (TAR_ZSTD, mediatypes.OCI_LAYER_TAR_GZIP)),
-        (None, versions.PR12506, (EROFS_ZSTD, EROFS_GZIP)),
-        (
-            ["erofs+zstd", "application/vnd.example.rootfs.erofs+zstd"],
-            versions.PR12506,
-            (EROFS_ZSTD, "application/vnd.example.rootfs.erofs+zstd"),
-        ),
-    ],
-)
-def test_routes_resolve(names: list[str] | None, differ: str, expected: tuple[str, ...]) -> None:
-    assert routes.resolve_routes(names, versions.profile_for("2.3", differ)) == expected
-
-
-@pytest.mark.parametrize(
-    ("names", "version", "words"),
-    [
-        (["erofs+gzip"], "2.3", "unsupported erofs layer suffix: gzip"),
-        (["erofs+zstd"], "2.3", f"sends zstd EROFS layers as {TAR_ZSTD}"),
-        (["erofs+zstd"], "1.6", "never sends"),
-        (["*.erofs+zstd"], "2.3", "would match nothing"),
-        (["application/vnd.example.unknown"], "2.3", "unsupported media type"),
-        ([mediatypes.EROFS_LAYER], "2.3", "copies an uncompressed EROFS layer"),
-    ],
-)
-def test_routes_never_sent_are_refused(names: list[str], version: str, words: str) -> None:
-    with pytest.raises(UsageError, match=words.replace("+", r"\+").replace("*", r"\*")):
-        routes.resolve_routes(names, versions.profile_for(version))
-
-
-def test_gzip_refusal_says_what_to_do_instead() -> None:
-    with pytest.raises(UsageError) as info:
-        routes.resolve_routes(["erofs+gzip"], versions.profile_for("2.3"))
-    assert f"{PROG} pack" in info.value.message
-    assert f"--differ {versions.PR12506}" in info.value.message
-
-
 # ------------------------------------------------------------------ rendering
 
 
@@ -162,7 +62,7 @@ def test_rendered_snippet_is_valid_toml_that_passes_check(
     profile = versions.profile_for(version, differ)
     text = render.render(_options(profile, tmp_path))
     config = tomllib.loads(text)
-    entry = config["stream_processors"][PROCESSOR_ID]
+    entry = config["stream_processors"][names.PROCESSOR_ID]
     assert entry["returns"] == mediatypes.OCI_LAYER_TAR
     assert entry["accepts"] == list(profile.default_routes())
     assert entry["path"] == sys.executable
@@ -178,15 +78,15 @@ def test_rendered_23_snippet_has_node_settings(tmp_path: Path) -> None:
         render.render(_options(versions.profile_for("2.3"), tmp_path, platform="linux/arm64"))
     )
     plugins = config["plugins"]
-    assert plugins[DIFF_SERVICE]["default"] == ["erofs", "walking"]
-    assert plugins[CRI_IMAGES]["snapshotter"] == "erofs"
+    assert plugins[names.DIFF_SERVICE]["default"] == ["erofs", "walking"]
+    assert plugins[names.CRI_IMAGES]["snapshotter"] == "erofs"
     # both of containerd 2.3's unpack platforms, since unpack_config replaces its defaults
-    assert plugins[TRANSFER]["unpack_config"] == [
+    assert plugins[names.TRANSFER]["unpack_config"] == [
         {"platform": "linux/arm64", "snapshotter": "erofs", "differ": "erofs"},
         {"platform": "linux(+erofs)/arm64", "snapshotter": "erofs", "differ": "erofs"},
     ]
-    assert plugins[TRANSFER]["max_concurrent_unpacks"] == render.MAX_CONCURRENT_UNPACKS > 1
-    assert EROFS_DIFFER in plugins and EROFS_SNAPSHOTTER in plugins
+    assert plugins[names.TRANSFER]["max_concurrent_unpacks"] == render.MAX_CONCURRENT_UNPACKS > 1
+    assert names.EROFS_DIFFER in plugins and names.EROFS_SNAPSHOTTER in plugins
 
 
 def test_rendered_before_23_has_no_erofs_plugins(tmp_path: Path) -> None:
@@ -197,27 +97,8 @@ def test_rendered_before_23_has_no_erofs_plugins(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ['/opt/my tools/"quoted"\\erofs', "/opt/t\tab/ü/x"])
 def test_render_escapes_strings(path: str, tmp_path: Path) -> None:
     opts = _options(versions.profile_for("2.3"), tmp_path, executable=executable.Executable(path))
-    entry = tomllib.loads(render.render(opts))["stream_processors"][PROCESSOR_ID]
+    entry = tomllib.loads(render.render(opts))["stream_processors"][names.PROCESSOR_ID]
     assert entry["path"] == path
-
-
-def test_find_executable_prefers_console_script_on_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    script = tmp_path / PROG
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert executable.find_executable() == executable.Executable(str(script))
-
-
-def test_find_executable_falls_back_to_this_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    exe = executable.find_executable()
-    assert exe.path == os.path.abspath(sys.executable)
-    assert exe.args == ("-m", "stream_processor")
-    # a checkout (not installed in site-packages) must be importable by containerd's child
-    assert all(e.startswith("PYTHONPATH=") for e in exe.env)
 
 
 # ------------------------------------------------------------------ shipped files
@@ -242,7 +123,7 @@ def test_shipped_snippet_path_check_names_a_missing_executable() -> None:
         pytest.skip(f"{render.DEFAULT_EXECUTABLE} is installed on this machine")
     result = run_cli(["config", "--check", str(CONFIG_DIR / "containerd-2.3-erofs.toml")])
     assert result.returncode == 1
-    where = f"stream processor '{PROCESSOR_ID}': path {render.DEFAULT_EXECUTABLE}"
+    where = f"stream processor '{names.PROCESSOR_ID}': path {render.DEFAULT_EXECUTABLE}"
     assert f"problem: {where} does not exist" in result.stdout.decode()
 
 
@@ -262,7 +143,7 @@ def _good(tmp_path: Path) -> dict[str, Any]:
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = config["stream_processors"][PROCESSOR_ID]
+    entry: dict[str, Any] = config["stream_processors"][names.PROCESSOR_ID]
     return entry
 
 
@@ -302,25 +183,25 @@ def _break(name: str, config: dict[str, Any], tmp_path: Path) -> None:
     elif name == "log-dir-missing":
         _entry(config)["env"] = [f"EROFS_SP_LOG_FILE={tmp_path}/missing/sp.log"]
     elif name == "diff-service-without-erofs":
-        del plugins[DIFF_SERVICE]
+        del plugins[names.DIFF_SERVICE]
     elif name == "walking-before-erofs":
-        plugins[DIFF_SERVICE]["default"] = ["walking", "erofs"]
+        plugins[names.DIFF_SERVICE]["default"] = ["walking", "erofs"]
     elif name == "no-unpack-config":
-        del plugins[TRANSFER]
+        del plugins[names.TRANSFER]
     elif name == "unpack-with-walking-differ":
-        plugins[TRANSFER]["unpack_config"][0]["differ"] = "walking"
+        plugins[names.TRANSFER]["unpack_config"][0]["differ"] = "walking"
     elif name == "unpack-drops-erofs-feature":  # what this tool wrote before 2.3 was observed
-        del plugins[TRANSFER]["unpack_config"][1]
+        del plugins[names.TRANSFER]["unpack_config"][1]
     elif name == "unpack-only-erofs-feature":
-        del plugins[TRANSFER]["unpack_config"][0]
+        del plugins[names.TRANSFER]["unpack_config"][0]
     elif name == "cri-overlayfs":
-        plugins[CRI_IMAGES]["snapshotter"] = "overlayfs"
+        plugins[names.CRI_IMAGES]["snapshotter"] = "overlayfs"
     elif name == "cri-snapshotter-unset":
-        del plugins[CRI_IMAGES]
+        del plugins[names.CRI_IMAGES]
     elif name == "config-version-2":
         config["version"] = 2
     elif name == "erofs-snapshotter-disabled":
-        config["disabled_plugins"] = [EROFS_SNAPSHOTTER]
+        config["disabled_plugins"] = [names.EROFS_SNAPSHOTTER]
     elif name == "two-processors-same-route":
         config["stream_processors"]["io.example.other"] = {
             "accepts": [TAR_ZSTD],
@@ -353,7 +234,7 @@ BROKEN = {
     "cri-overlayfs": "Kubernetes pulls will not use EROFS",
     "cri-snapshotter-unset": "snapshotter is unset (overlayfs)",
     "config-version-2": "config version is 2",
-    "erofs-snapshotter-disabled": f"{EROFS_SNAPSHOTTER} is in disabled_plugins",
+    "erofs-snapshotter-disabled": f"{names.EROFS_SNAPSHOTTER} is in disabled_plugins",
     "two-processors-same-route": "is accepted by 2 processors",
 }
 
@@ -377,7 +258,7 @@ def test_check_warns_without_log_file_on_23(tmp_path: Path) -> None:
 
 def test_check_warns_about_sequential_unpacks(tmp_path: Path) -> None:
     config = _good(tmp_path)
-    del config["plugins"][TRANSFER]["max_concurrent_unpacks"]
+    del config["plugins"][names.TRANSFER]["max_concurrent_unpacks"]
     report = check.check_config(config, versions.profile_for("2.3"))
     assert report.problems == []
     assert any("max_concurrent_unpacks is 1" in f.message for f in report.findings)
@@ -393,20 +274,13 @@ def test_check_warns_about_enable_dmverity_without_dm_verity(
         module.mkdir()
     monkeypatch.setattr(check, "DM_VERITY_MODULE", module)
     config = _good(tmp_path)
-    config["plugins"][EROFS_DIFFER] = {"enable_dmverity": True}
+    config["plugins"][names.EROFS_DIFFER] = {"enable_dmverity": True}
     report = check.check_config(config, versions.profile_for("2.3"))
     assert report.problems == []
     warned = [f.message for f in report.findings if "enable_dmverity" in f.message]
     assert len(warned) == (0 if kernel_has_it else 1), warned
     if warned:
         assert "dm-verity support check failed" in warned[0], warned
-
-
-def test_erofs_platform_spelling() -> None:
-    """containerd's platforms.FormatAll spelling, which its unpack_config parser reads."""
-    assert platforms.erofs_platform("linux/amd64") == "linux(+erofs)/amd64"
-    assert platforms.erofs_platform("linux/arm64/v8") == "linux(+erofs)/arm64/v8"
-    assert platforms.erofs_platform("linux(+erofs)/arm64") == "linux(+erofs)/arm64"
 
 
 def test_check_16_config_warns_that_only_tar_arrives(tmp_path: Path) -> None:
