@@ -24,11 +24,11 @@ import tomlkit
 
 from stream_processor.containerd import (
     check,
+    configfile,
     executable,
     names,
     platforms,
     render,
-    tomlfile,
     versions,
 )
 from stream_processor.containerd import merge as cm
@@ -587,7 +587,7 @@ def test_sigterm_while_writing_leaves_the_config_and_no_temporary(
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(Terminated):
-        cm.write(str(config), HAND_WRITTEN, HAND_WRITTEN + "# changed\n")
+        configfile.write(str(config), HAND_WRITTEN, HAND_WRITTEN + "# changed\n")
     assert config.read_text() == HAND_WRITTEN
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
@@ -614,7 +614,7 @@ def test_unpack_entry_for_this_platform_with_another_snapshotter_is_a_conflict()
         '    platform = "linux/arm64"\n'
         '    snapshotter = "erofs"\n'
         '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
-        f"    platform = {tomlfile.toml_string(HOST)}\n"
+        f"    platform = {configfile.toml_string(HOST)}\n"
         '    snapshotter = "overlayfs"\n'
     )
     with pytest.raises(cm.MergeConflict, match=f"line 8: .*unpack_config]] for {HOST}"):

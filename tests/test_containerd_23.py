@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from stream_processor.containerd import executable, names, platforms, render, tomlfile, versions
+from stream_processor.containerd import configfile, executable, names, platforms, render, versions
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
 from tests.builders import DISABLED_PLUGINS, manifests, write_wrapper
 from tests.conftest import ROOT, tar_mode_mkfs
@@ -138,7 +138,7 @@ def config_text(base: Path, snippet: str, disable: tuple[str, ...] = (), cri: bo
     Without ``cri`` the Kubernetes plugins are off (``ctr`` stands in for the kubelet);
     with it they serve the CRI API on the daemon's socket, as on a node.
     """
-    q = tomlfile.toml_string
+    q = configfile.toml_string
     disabled = [*DISABLED_PLUGINS, *CRI_PLUGINS, *disable]
     if cri:
         disabled = [p for p in disabled if p not in CRI_PLUGINS]

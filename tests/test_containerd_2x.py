@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from stream_processor import superblock
-from stream_processor.containerd import platforms, tomlfile
+from stream_processor.containerd import configfile, platforms
 from stream_processor.mediatypes import EROFS_LAYER_ZSTD, OCI_LAYER_TAR_ZSTD
 from tests.builders import (
     DISABLED_PLUGINS,
@@ -80,7 +80,7 @@ class Daemon2:
 def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     """The generated 2.1 snippet, a hand-written erofs+zstd entry, and a private daemon."""
     snippet = tar_zstd_snippet("2.1", wrapper, log_file)
-    q = tomlfile.toml_string
+    q = configfile.toml_string
     disabled = [*DISABLED_PLUGINS, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
     head = [
         f"root = {q(str(base / 'root'))}",

@@ -12,9 +12,8 @@ import argparse
 import sys
 
 from stream_processor import PROG, log, mediatypes
-from stream_processor.containerd import check, platforms, render, routes, versions
+from stream_processor.containerd import check, configfile, platforms, render, routes, versions
 from stream_processor.containerd.executable import find_executable
-from stream_processor.containerd.tomlfile import load_config
 from stream_processor.errors import ProcessorError, UsageError
 from stream_processor.signals import unwinds_on_signals
 
@@ -189,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     mode = _mode(args)
     profile = versions.profile_for(args.containerd_version, args.differ)
     if mode == "check":
-        config = load_config(args.check)
+        config = configfile.load_config(args.check)
         return _report(
             check.check_config(
                 config, profile, source=args.check, check_path=not args.skip_path_check
@@ -220,10 +219,10 @@ def _merge(args: argparse.Namespace, options: render.SnippetOptions) -> int:
     from stream_processor.containerd import merge as cm
 
     path = args.merge
-    backup_suffix = cm.check_backup_suffix(
-        cm.DEFAULT_BACKUP_SUFFIX if args.backup is None else args.backup
+    backup_suffix = configfile.check_backup_suffix(
+        configfile.DEFAULT_BACKUP_SUFFIX if args.backup is None else args.backup
     )
-    result = cm.merge(cm.read(path), options, source=path, force=args.force)
+    result = cm.merge(configfile.read_text_lf(path), options, source=path, force=args.force)
     report = check.check_config(
         tomllib.loads(result.after), options.profile, source=f"{path} (merged)",
         check_path=not args.skip_path_check,
@@ -245,6 +244,6 @@ def _merge(args: argparse.Namespace, options: render.SnippetOptions) -> int:
     if not result.changed:
         sys.stdout.write(f"{path} already holds this registration; nothing changed\n")
         return 0
-    backup = cm.write(path, result.before, result.after, backup_suffix)
+    backup = configfile.write(path, result.before, result.after, backup_suffix)
     sys.stdout.write(f"wrote {path}; the previous version is {backup}\n")
     return 0

@@ -1,15 +1,10 @@
 """``config --check-daemon``: check what containerd really loaded, not only a file.
 
-A file can pass ``--check`` while the daemon runs something else: imports and
-drop-ins (2.3's stock config imports ``/etc/containerd/conf.d/*.toml``) are
-merged in, and a plugin can fail to load (the erofs differ stays ``skip``
-without ``mkfs.erofs --tar`` on containerd's PATH). So this asks containerd:
-``containerd config dump`` prints the merged configuration it would run
-with, and ``ctr plugins ls`` (against a running daemon's socket) the state of
-each plugin. The processor's path is checked for the daemon's own user, the
-owner of the process listening on that socket.
-
-Imported only by the ``config`` command.
+Imports and drop-ins (2.3's stock config imports ``/etc/containerd/conf.d/*.toml``)
+change what runs, and a plugin can fail to load (the erofs differ without
+``mkfs.erofs --tar``). So containerd is asked: ``containerd config dump`` for the
+merged configuration, ``ctr plugins ls`` for each plugin's state; the processor's
+path is checked for the user owning the daemon's socket.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stream_processor.containerd.check import CheckReport, Level, check_config, is_ours
-from stream_processor.containerd.tomlfile import parse_config
+from stream_processor.containerd.configfile import parse_config
 from stream_processor.containerd.versions import Profile
 from stream_processor.errors import DataError, UsageError, no_such_file
 

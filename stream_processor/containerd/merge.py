@@ -1,28 +1,16 @@
 """``config --merge``: put the registration into an existing containerd ``config.toml``.
 
-Merging by hand is where installs go wrong: a repeated table header stops
-containerd from starting, a key in the wrong table is silently ignored, and
-the operator's comments and other settings must survive. So the merge edits
-the parsed document with tomlkit (a round-trip TOML library: comments, key
-order and layout survive) instead of pasting text, and it changes only the
-keys the snippet from ``render.render`` sets. That snippet is the
-single source of what is needed: it is parsed and its keys are the targets.
-
-A key the operator set to something else is a conflict, changed only with
-``force``. A key holding containerd's own built-in default is not an
-operator's choice (``containerd config default`` writes every default into a
-stock file, e.g. ``diff-service.default = ["walking"]``), so it is updated
-like a missing one; the change list and ``--dry-run`` diff still show it.
-
-tomlkit is imported only here, and this module only by ``config``: never on
-the decode path.
+The parsed document is edited with tomlkit, so the operator's comments, key
+order and other settings survive, and only the keys the rendered snippet sets
+are touched (the snippet is parsed; its keys are the targets). A key the
+operator set differently is a conflict, changed only with ``force``; one
+holding containerd's built-in default (``containerd config default`` spells
+them all out) is no choice of theirs and is updated like a missing one.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +20,7 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import AoT, Table, Whitespace
 
+from stream_processor.containerd.configfile import parse_config, toml_string
 from stream_processor.containerd.names import (
     CRI_IMAGES,
     DIFF_SERVICE,
@@ -40,18 +29,13 @@ from stream_processor.containerd.names import (
     TRANSFER,
 )
 from stream_processor.containerd.render import SnippetOptions, render
-from stream_processor.containerd.tomlfile import parse_config, read_text, toml_string
 from stream_processor.containerd.versions import Profile
 from stream_processor.errors import (
     DataError,
-    InputOutputError,
     ProcessorError,
-    UsageError,
 )
-from stream_processor.signals import unwinding
 
 EXIT_CONFLICT = 1
-DEFAULT_BACKUP_SUFFIX = ".bak"
 
 # containerd's built-in values for the keys the snippet sets (plugins/*/plugin.go):
 # a file holding one of these has not chosen anything, whatever it spells out.
@@ -511,79 +495,3 @@ def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> Non
             aot = m.table("plugins", TRANSFER)["unpack_config"]
             aot[index]["snapshotter"] = "erofs"
             aot[index]["differ"] = "erofs"
-
-
-# ---------------------------------------------------------------- writing
-
-
-def read(path: str) -> str:
-    """The file's text with newlines as text-mode reading gives them (the merge writes \\n)."""
-    return read_text(path).replace("\r\n", "\n").replace("\r", "\n")
-
-
-def check_backup_suffix(suffix: str) -> str:
-    if not suffix or "/" in suffix or suffix in (".", ".."):
-        raise UsageError(f"--backup needs a file name suffix such as .bak, not {suffix!r}")
-    return suffix
-
-
-def write(path: str, before: str, after: str, backup_suffix: str = DEFAULT_BACKUP_SUFFIX) -> str:
-    """Replace ``path`` with ``after`` atomically, keeping ``before`` as PATH+suffix.
-
-    Both files are written to temporaries in the target's directory, fsynced
-    and renamed over, so a crash leaves either the old or the new file, never
-    a mix, and no temporary. Mode and owner follow the original. Returns the
-    backup's path.
-    """
-    target = os.path.realpath(path)  # a symlinked config stays a symlink
-    backup = target + check_backup_suffix(backup_suffix)
-    try:
-        st = os.stat(target)
-    except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
-    with unwinding():  # SIGTERM/SIGHUP/SIGINT: the staged temporaries are removed
-        _replace_all(((backup, before), (target, after)), st, path)
-    return backup
-
-
-def _replace_all(files: tuple[tuple[str, str], ...], st: os.stat_result, path: str) -> None:
-    """Stage every (destination, text) first, then rename each over its destination."""
-    staged: list[tuple[str, str]] = []
-    try:
-        for dest, text in files:
-            staged.append((_stage(dest, text.encode("utf-8"), st), dest))
-        for tmp, dest in staged:
-            os.replace(tmp, dest)
-        _fsync_dir(os.path.dirname(files[-1][0]))
-    except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
-    finally:
-        for tmp, _ in staged:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-
-
-def _stage(dest: str, data: bytes, st: os.stat_result) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", dir=os.path.dirname(dest))
-    try:
-        os.fchmod(fd, st.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -10,6 +10,7 @@ import textwrap
 from dataclasses import dataclass
 
 from stream_processor import PROG, log, mediatypes
+from stream_processor.containerd.configfile import toml_list, toml_string
 from stream_processor.containerd.executable import Executable
 from stream_processor.containerd.names import (
     CRI_IMAGES,
@@ -20,7 +21,6 @@ from stream_processor.containerd.names import (
     TRANSFER,
 )
 from stream_processor.containerd.platforms import erofs_platform
-from stream_processor.containerd.tomlfile import toml_list, toml_string
 from stream_processor.containerd.versions import LATEST, PR12506, STOCK, Profile, profile_for
 
 DEFAULT_EXECUTABLE = "/usr/local/bin/erofs-stream-processor"
