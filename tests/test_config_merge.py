@@ -280,6 +280,13 @@ def test_backup_suffix_and_force(node: tuple[Path, Path, Path]) -> None:
         (HAND_WRITTEN, ["--platform", "bogus"], 2, "--platform 'bogus' is not a Linux platform"),
         (HAND_WRITTEN, ["--path", "relative/bin"], 2, "--path relative/bin is not absolute"),
         (HAND_WRITTEN, ["--check", "x.toml"], 2, "not allowed with argument"),
+        (
+            HAND_WRITTEN,
+            ["--path", "/nonexistent/sp"],
+            1,
+            "would not pass --check after merging (1 problem: stream processor "
+            f"'{names.PROCESSOR_ID}': path /nonexistent/sp does not exist); nothing written",
+        ),
         (HAND_WRITTEN, ["--address", "/run/x.sock"], 2, "--address cannot be used without"),
     ],
 )

@@ -41,3 +41,8 @@ def test_is_ours_recognises_the_registration_however_it_is_named() -> None:
     )
     assert check.is_ours("io.example.x", {"accepts": ["application/vnd.erofs.layer.v1+zstd"]})
     assert not check.is_ours("io.containerd.ocicrypt.decoder.v1.tar", {"path": "/bin/ctd-decoder"})
+
+
+def test_problem_count_words() -> None:
+    assert _report(Level.PROBLEM).problem_count() == "1 problem"
+    assert _report(Level.PROBLEM, Level.OK, Level.PROBLEM).problem_count() == "2 problems"

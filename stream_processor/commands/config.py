@@ -235,9 +235,8 @@ def _merge(args: argparse.Namespace, options: render.SnippetOptions) -> int:
         sys.stdout.write(report.render())
     if report.problems:
         raise CheckFailed(
-            f"{path} would not pass --check after merging ({len(report.problems)} problem"
-            f"{'s' if len(report.problems) > 1 else ''}: {report.problems[0].message}); "
-            "nothing written"
+            f"{path} would not pass --check after merging ({report.problem_count()}: "
+            f"{report.problems[0].message}); nothing written"
         )
     if args.dry_run:
         return 0

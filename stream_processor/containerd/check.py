@@ -1,8 +1,8 @@
 """``config --check``: does a config.toml make containerd run this processor on EROFS layers?
 
-Each finding names a key and says what containerd does with it; a problem
-means the node does not work as intended, a warning that it works with a
-catch the operator should know about.
+Each finding names a key and says what containerd does with it. The facts
+checked against are ``versions``' table, so a file passes only if the
+containerd it is for really hands EROFS layers to the processor.
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ DM_VERITY_MODULE = Path("/sys/module/dm_verity")
 
 
 class Level(enum.Enum):
+    """How a finding is printed; only problems fail ``--check`` (exit 1)."""
+
     PROBLEM = "problem"  # the node does not work as intended
-    WARNING = "warning"
+    WARNING = "warning"  # it works, with a catch the operator should know about
     OK = "ok"
 
 
@@ -62,15 +64,20 @@ class CheckReport:
     def problems(self) -> list[Finding]:
         return [f for f in self.findings if f.level is Level.PROBLEM]
 
+    def problem_count(self) -> str:
+        """``1 problem``, ``2 problems``."""
+        n = len(self.problems)
+        return f"{n} problem{'s' if n > 1 else ''}"
+
     def render(self) -> str:
         lines = [f"checking {self.source} for {self.profile.label}"]
         lines.extend(str(f) for f in self.findings)
-        n = len(self.problems)
-        lines.append("no problems found" if n == 0 else f"{n} problem{'s' if n > 1 else ''} found")
+        lines.append(f"{self.problem_count()} found" if self.problems else "no problems found")
         return "\n".join(lines) + "\n"
 
 
 def is_ours(pid: str, entry: Mapping[str, Any]) -> bool:
+    """Is this ``[stream_processors]`` entry this processor, whatever the operator named it?"""
     text = " ".join(
         [
             pid,
