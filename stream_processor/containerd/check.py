@@ -338,7 +338,7 @@ def _check_unpack_config(transfer: Mapping[str, Any], report: CheckReport) -> No
     feature ``erofs``, ``linux(+erofs)/ARCH`` matches both. An
     ``unpack_config`` replaces containerd's built-in pair (host platform with
     overlayfs, ``linux(+erofs)/ARCH`` with erofs), so a file that lists only
-    ``linux/ARCH`` drops every +erofs image (docs/containerd.md).
+    ``linux/ARCH`` drops every +erofs image (docs/containerd.md section 3).
     """
     unpack = [u for u in _as_list(transfer.get("unpack_config")) if isinstance(u, dict)]
     erofs_unpack = [u for u in unpack if u.get("snapshotter") == "erofs"]

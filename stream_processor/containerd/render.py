@@ -28,7 +28,7 @@ DEFAULT_LOG_FILE = "/var/log/erofs-stream-processor.log"
 
 # Layers the transfer service unpacks at once. The erofs snapshotter has the
 # "rebase" capability, so containerd 2.3 unpacks layers in parallel when this
-# is above 1 (its default is 1); docs/containerd.md, "max_concurrent_unpacks".
+# is above 1 (its default is 1); docs/containerd.md section 5.
 MAX_CONCURRENT_UNPACKS = 2
 
 
