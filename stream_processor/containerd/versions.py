@@ -19,7 +19,7 @@ STOCK = "stock"
 PR12506 = "pr12506"
 DIFFERS = (STOCK, PR12506)
 
-# Releases whose behaviour was observed; a later one is assumed to behave like LATEST.
+# The releases this tool knows; a later one is assumed to behave like LATEST.
 KNOWN_VERSIONS = ("1.6", "1.7", "2.0", "2.1", "2.2", "2.3")
 LATEST = KNOWN_VERSIONS[-1]
 
@@ -69,6 +69,8 @@ _BEFORE_23_NOTES = (
 )
 _TAR_ONLY = "containerd {version}: ordinary tar+zstd layers only"
 
+# (since, until) release range, differ -> what it does. Positional Routing fields:
+# config_version, reads, zstd_route, gzip_route, erofs_plugins, title, notes.
 TABLE: tuple[Row, ...] = (
     Row((1, 6), (2, 0), STOCK, Routing(2, (2,), None, None, False, _TAR_ONLY, _BEFORE_23_NOTES)),
     Row((2, 0), (2, 3), STOCK, Routing(3, (3,), None, None, False, _TAR_ONLY, _BEFORE_23_NOTES)),
