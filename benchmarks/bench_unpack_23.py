@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # the tests package: the 2.3 harness is reused, n
 
 from common import table  # noqa: E402
 
-from stream_processor.containerd_config import MAX_CONCURRENT_UNPACKS  # noqa: E402
+from stream_processor.containerd.render import MAX_CONCURRENT_UNPACKS  # noqa: E402
 from tests.builders import write_wrapper  # noqa: E402
 from tests.containerd_harness import start_registry  # noqa: E402
 from tests.daemon_helpers import BIN_ENV, stop_daemon  # noqa: E402

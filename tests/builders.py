@@ -26,8 +26,8 @@ import pytest
 import zstandard
 
 from stream_processor import PROG, seekable
-from stream_processor import containerd_config as cc
 from stream_processor import superblock as sb
+from stream_processor.containerd import executable, platforms, render, routes, versions
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD, Compression
 from stream_processor.pack import PackResult, pack_image
 from tests.conftest import ROOT
@@ -307,15 +307,15 @@ def write_wrapper(bin_dir: Path) -> Path:
 
 def tar_zstd_snippet(version: str, wrapper: Path, log_file: Path) -> str:
     """What ``config --containerd-version VERSION --routes tar+zstd`` prints, info logging."""
-    profile = cc.profile_for(version)
-    return cc.render(
-        cc.SnippetOptions(
+    profile = versions.profile_for(version)
+    return render.render(
+        render.SnippetOptions(
             profile=profile,
-            executable=cc.Executable(str(wrapper)),
-            routes=cc.resolve_routes(["tar+zstd"], profile),
+            executable=executable.Executable(str(wrapper)),
+            routes=routes.resolve_routes(["tar+zstd"], profile),
             log_file=str(log_file),
             log_level="info",
-            platform=cc.host_platform(),
+            platform=platforms.host_platform(),
         )
     )
 
@@ -363,7 +363,7 @@ def build_oci_archive(
         mutable[len(mutable) // 2] ^= 0xFF
         blob = bytes(mutable)
     diff_id = _digest(tar_bytes)
-    os_name, arch = cc.host_platform().split("/")
+    os_name, arch = platforms.host_platform().split("/")
     config = json.dumps(
         {
             "architecture": arch,

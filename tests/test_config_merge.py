@@ -22,22 +22,30 @@ from typing import Any
 import pytest
 import tomlkit
 
-from stream_processor import containerd_config as cc
-from stream_processor import containerd_merge as cm
+from stream_processor.containerd import (
+    check,
+    configfile,
+    executable,
+    names,
+    platforms,
+    render,
+    versions,
+)
+from stream_processor.containerd import merge as cm
 from tests.builders import DISABLED_PLUGINS, write_wrapper
 from tests.conftest import ROOT, run_cli, tar_mode_mkfs
 from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
 from tests.daemon_helpers import CONTAINERD_21_BIN as BIN_21
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
-HOST = cc.host_platform()
+HOST = platforms.host_platform()
 PLUGIN_KEYS = {
-    ("plugins", cc.CRI_IMAGES, "snapshotter"),
-    ("plugins", cc.DIFF_SERVICE, "default"),
-    ("plugins", cc.TRANSFER, "max_concurrent_unpacks"),
-    ("plugins", cc.TRANSFER, "unpack_config"),
-    ("plugins", cc.EROFS_DIFFER),
-    ("plugins", cc.EROFS_SNAPSHOTTER),
+    ("plugins", names.CRI_IMAGES, "snapshotter"),
+    ("plugins", names.DIFF_SERVICE, "default"),
+    ("plugins", names.TRANSFER, "max_concurrent_unpacks"),
+    ("plugins", names.TRANSFER, "unpack_config"),
+    ("plugins", names.EROFS_DIFFER),
+    ("plugins", names.EROFS_SNAPSHOTTER),
 }
 
 HAND_WRITTEN = """\
@@ -98,8 +106,8 @@ def flat(node: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     return {prefix: node}
 
 
-def intended(path: tuple[str, ...], profile: cc.Profile) -> bool:
-    if path[:2] == ("stream_processors", cc.PROCESSOR_ID) or path == ("version",):
+def intended(path: tuple[str, ...], profile: versions.Profile) -> bool:
+    if path[:2] == ("stream_processors", names.PROCESSOR_ID) or path == ("version",):
         return True
     return profile.erofs_plugins and any(path[: len(k)] == k for k in PLUGIN_KEYS)
 
@@ -113,7 +121,7 @@ def merge_args(path: Path, version: str, exe: Path, log: Path) -> list[str]:
             "--path", str(exe), "--log-file", str(log)]  # fmt: skip
 
 
-def assert_merged(before: str, after: str, profile: cc.Profile) -> None:
+def assert_merged(before: str, after: str, profile: versions.Profile) -> None:
     """Only the registration's keys changed; every other key and comment line survived."""
     old, new = flat(tomllib.loads(before)), flat(tomllib.loads(after))
     for path, value in old.items():
@@ -123,7 +131,7 @@ def assert_merged(before: str, after: str, profile: cc.Profile) -> None:
     assert all(intended(p, profile) for p in added), added
     missing = [c for c in comment_lines(before) if c not in after]
     assert not missing, missing
-    entry = tomllib.loads(after)["stream_processors"][cc.PROCESSOR_ID]
+    entry = tomllib.loads(after)["stream_processors"][names.PROCESSOR_ID]
     assert entry["returns"] == "application/vnd.oci.image.layer.v1.tar"
 
 
@@ -139,22 +147,24 @@ def one_error(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def test_line_of_finds_keys_in_any_quoting_and_nth_table() -> None:
-    assert cm.line_of(HAND_WRITTEN, ("plugins", cc.TRANSFER), "max_concurrent_downloads") == 14
+    assert cm.line_of(HAND_WRITTEN, ("plugins", names.TRANSFER), "max_concurrent_downloads") == 14
     assert cm.line_of(HAND_WRITTEN, ("plugins", "io.containerd.cri.v1.runtime")) == 10
-    assert cm.line_of(HAND_WRITTEN, ("plugins", cc.TRANSFER, "unpack_config"), "platform") == 16
+    assert cm.line_of(HAND_WRITTEN, ("plugins", names.TRANSFER, "unpack_config"), "platform") == 16
     assert cm.line_of(HAND_WRITTEN, ("plugins",), "nothing") is None
 
 
-def _opts(profile: cc.Profile) -> cc.SnippetOptions:
-    return cc.SnippetOptions(
-        profile, cc.Executable(sys.executable), profile.default_routes(), platform=HOST
+def _opts(profile: versions.Profile) -> render.SnippetOptions:
+    return render.SnippetOptions(
+        profile, executable.Executable(sys.executable), profile.default_routes(), platform=HOST
     )
 
 
 def test_merge_into_empty_file_gives_the_snippet_and_is_idempotent() -> None:
-    result = cm.merge("# a new node\n", _opts(cc.profile_for("2.3")))
-    assert tomllib.loads(result.after) == tomllib.loads(cc.render(_opts(cc.profile_for("2.3"))))
-    again = cm.merge(result.after, _opts(cc.profile_for("2.3")))
+    result = cm.merge("# a new node\n", _opts(versions.profile_for("2.3")))
+    assert tomllib.loads(result.after) == tomllib.loads(
+        render.render(_opts(versions.profile_for("2.3")))
+    )
+    again = cm.merge(result.after, _opts(versions.profile_for("2.3")))
     assert not again.changed and again.changes == []
 
 
@@ -162,19 +172,21 @@ def test_containerd_defaults_are_not_conflicts_but_operator_values_are() -> None
     stock = (
         'version = 3\n[plugins."io.containerd.service.v1.diff-service"]\n  default = ["walking"]\n'
     )
-    result = cm.merge(stock, _opts(cc.profile_for("2.3")))
-    assert tomllib.loads(result.after)["plugins"][cc.DIFF_SERVICE]["default"] == [
+    result = cm.merge(stock, _opts(versions.profile_for("2.3")))
+    assert tomllib.loads(result.after)["plugins"][names.DIFF_SERVICE]["default"] == [
         "erofs",
         "walking",
     ]
     with pytest.raises(cm.MergeConflict) as caught:
-        cm.merge(CONFLICTING, _opts(cc.profile_for("2.3")))
+        cm.merge(CONFLICTING, _opts(versions.profile_for("2.3")))
     text = caught.value.message
     assert caught.value.exit_code == 1
     assert "line 2: disabled_plugins" in text and "line 6:" in text and "line 9:" in text
-    forced = tomllib.loads(cm.merge(CONFLICTING, _opts(cc.profile_for("2.3")), force=True).after)
-    assert forced["plugins"][cc.DIFF_SERVICE]["default"] == ["erofs", "walking"]
-    assert forced["plugins"][cc.CRI_IMAGES]["snapshotter"] == "erofs"
+    forced = tomllib.loads(
+        cm.merge(CONFLICTING, _opts(versions.profile_for("2.3")), force=True).after
+    )
+    assert forced["plugins"][names.DIFF_SERVICE]["default"] == ["erofs", "walking"]
+    assert forced["plugins"][names.CRI_IMAGES]["snapshotter"] == "erofs"
     assert forced["disabled_plugins"] == []
 
 
@@ -182,8 +194,8 @@ def test_more_parallel_unpacks_than_needed_are_kept() -> None:
     text = (
         'version = 3\n[plugins."io.containerd.transfer.v1.local"]\n  max_concurrent_unpacks = 8\n'
     )
-    after = tomllib.loads(cm.merge(text, _opts(cc.profile_for("2.3"))).after)
-    assert after["plugins"][cc.TRANSFER]["max_concurrent_unpacks"] == 8
+    after = tomllib.loads(cm.merge(text, _opts(versions.profile_for("2.3"))).after)
+    assert after["plugins"][names.TRANSFER]["max_concurrent_unpacks"] == 8
 
 
 # ---------------------------------------------------------------- through the CLI
@@ -203,12 +215,12 @@ def test_merge_hand_written_config_keeps_everything_else(node: tuple[Path, Path,
     result = run_cli(merge_args(config, "2.3", exe, log))
     assert result.returncode == 0, result.stderr
     after = config.read_text()
-    assert_merged(HAND_WRITTEN, after, cc.profile_for("2.3"))
+    assert_merged(HAND_WRITTEN, after, versions.profile_for("2.3"))
     doc = tomllib.loads(after)
-    assert doc["stream_processors"][cc.PROCESSOR_ID]["path"] == str(exe)
-    unpack = doc["plugins"][cc.TRANSFER]["unpack_config"]
+    assert doc["stream_processors"][names.PROCESSOR_ID]["path"] == str(exe)
+    unpack = doc["plugins"][names.TRANSFER]["unpack_config"]
     assert unpack[0] == {"platform": "linux/arm64", "snapshotter": "overlayfs"}  # not ours
-    assert {u["platform"] for u in unpack[1:]} == {HOST, cc.erofs_platform(HOST)}
+    assert {u["platform"] for u in unpack[1:]} == {HOST, platforms.erofs_platform(HOST)}
     assert (config.parent / "config.toml.bak").read_text() == HAND_WRITTEN
     assert sorted(p.name for p in config.parent.iterdir()) == ["config.toml", "config.toml.bak"]
     check = run_cli(["config", "--check", str(config), "--containerd-version", "2.3"])
@@ -268,6 +280,13 @@ def test_backup_suffix_and_force(node: tuple[Path, Path, Path]) -> None:
         (HAND_WRITTEN, ["--platform", "bogus"], 2, "--platform 'bogus' is not a Linux platform"),
         (HAND_WRITTEN, ["--path", "relative/bin"], 2, "--path relative/bin is not absolute"),
         (HAND_WRITTEN, ["--check", "x.toml"], 2, "not allowed with argument"),
+        (
+            HAND_WRITTEN,
+            ["--path", "/nonexistent/sp"],
+            1,
+            "would not pass --check after merging (1 problem: stream processor "
+            f"'{names.PROCESSOR_ID}': path /nonexistent/sp does not exist); nothing written",
+        ),
         (HAND_WRITTEN, ["--address", "/run/x.sock"], 2, "--address cannot be used without"),
     ],
 )
@@ -318,7 +337,7 @@ def test_merge_missing_file_is_a_usage_error_like_pack(tmp_path: Path) -> None:
 )
 def test_check_refuses_generation_options(tmp_path: Path, extra: list[str], words: str) -> None:
     config = tmp_path / "config.toml"
-    config.write_text(cc.render(_opts(cc.profile_for("2.3"))))
+    config.write_text(render.render(_opts(versions.profile_for("2.3"))))
     result = run_cli(["config", "--check", str(config), *extra])
     assert result.returncode == 2
     assert words in one_error(result)
@@ -353,7 +372,7 @@ def test_config_registers_the_script_it_was_started_as(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{other}:{os.environ['PATH']}"}
     result = subprocess.run([str(script), "config"], capture_output=True, env=env, check=False)
     assert result.returncode == 0, result.stderr
-    entry = tomllib.loads(result.stdout.decode())["stream_processors"][cc.PROCESSOR_ID]
+    entry = tomllib.loads(result.stdout.decode())["stream_processors"][names.PROCESSOR_ID]
     assert entry["path"] == str(script)
     assert result.stderr == b""
 
@@ -425,7 +444,7 @@ def test_merge_into_stock_config_then_the_daemon_starts(
     result = run_cli(merge_args(config, version, exe, base / "processor.log"))
     assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
     after = config.read_text()
-    profile = cc.profile_for(version)
+    profile = versions.profile_for(version)
     assert_merged(before, after, profile)
     check = run_cli(["config", "--check", str(config), "--containerd-version", version])
     assert check.returncode == 0, check.stdout.decode()
@@ -476,7 +495,7 @@ def test_merge_into_stock_config_then_the_daemon_starts(
 
 
 def test_can_execute_follows_the_daemons_user(tmp_path: Path) -> None:
-    from stream_processor import containerd_daemon as cd
+    from stream_processor.containerd import daemon as cd
 
     exe = tmp_path / "p"
     exe.write_text("#!/bin/sh\n")
@@ -495,7 +514,7 @@ def test_can_execute_follows_the_daemons_user(tmp_path: Path) -> None:
 
 
 def test_socket_without_a_listener_falls_back_to_root_and_says_so(tmp_path: Path) -> None:
-    from stream_processor import containerd_daemon as cd
+    from stream_processor.containerd import daemon as cd
 
     who = cd.socket_owner(str(tmp_path / "none.sock"))
     assert who.uid == 0 and "not found" in who.source
@@ -575,7 +594,7 @@ def test_sigterm_while_writing_leaves_the_config_and_no_temporary(
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(Terminated):
-        cm.write(str(config), HAND_WRITTEN, HAND_WRITTEN + "# changed\n")
+        configfile.write(str(config), HAND_WRITTEN, HAND_WRITTEN + "# changed\n")
     assert config.read_text() == HAND_WRITTEN
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]
 
@@ -589,8 +608,8 @@ def test_another_processor_on_our_route_is_a_conflict() -> None:
         '  path = "/usr/bin/other"\n'
     )
     with pytest.raises(cm.MergeConflict, match=r'line 3: \[stream_processors\."example\.other"\]'):
-        cm.merge(text, _opts(cc.profile_for("1.6")))
-    forced = tomllib.loads(cm.merge(text, _opts(cc.profile_for("1.6")), force=True).after)
+        cm.merge(text, _opts(versions.profile_for("1.6")))
+    forced = tomllib.loads(cm.merge(text, _opts(versions.profile_for("1.6")), force=True).after)
     assert forced["stream_processors"]["example.other"]["accepts"] == ["x/y"]
 
 
@@ -602,13 +621,13 @@ def test_unpack_entry_for_this_platform_with_another_snapshotter_is_a_conflict()
         '    platform = "linux/arm64"\n'
         '    snapshotter = "erofs"\n'
         '  [[plugins."io.containerd.transfer.v1.local".unpack_config]]\n'
-        f"    platform = {cc.toml_string(HOST)}\n"
+        f"    platform = {configfile.toml_string(HOST)}\n"
         '    snapshotter = "overlayfs"\n'
     )
     with pytest.raises(cm.MergeConflict, match=f"line 8: .*unpack_config]] for {HOST}"):
-        cm.merge(text, _opts(cc.profile_for("2.3")))
-    forced = tomllib.loads(cm.merge(text, _opts(cc.profile_for("2.3")), force=True).after)
-    unpack = forced["plugins"][cc.TRANSFER]["unpack_config"]
+        cm.merge(text, _opts(versions.profile_for("2.3")))
+    forced = tomllib.loads(cm.merge(text, _opts(versions.profile_for("2.3")), force=True).after)
+    unpack = forced["plugins"][names.TRANSFER]["unpack_config"]
     assert unpack[1] == {"platform": HOST, "snapshotter": "erofs", "differ": "erofs"}
     assert len(unpack) == 3  # arm64 kept, HOST fixed, the +erofs twin added
 
@@ -632,8 +651,8 @@ def test_config_from_elsewhere_says_on_stderr_what_it_registered(tmp_path: Path)
 def test_check_accepts_the_config_versions_each_containerd_reads(
     version: str, file_version: int, ok: bool
 ) -> None:
-    profile = cc.profile_for(version)
-    config = tomllib.loads(cc.render(_opts(profile)))
+    profile = versions.profile_for(version)
+    config = tomllib.loads(render.render(_opts(profile)))
     config["version"] = file_version
-    problems = [f.message for f in cc.check_config(config, profile).problems]
+    problems = [f.message for f in check.check_config(config, profile).problems]
     assert (not any("config version" in p for p in problems)) is ok, problems

@@ -44,7 +44,7 @@ from typing import Any
 
 import pytest
 
-from stream_processor import containerd_config as cc
+from stream_processor.containerd import configfile, executable, names, platforms, render, versions
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
 from tests.builders import DISABLED_PLUGINS, manifests, write_wrapper
 from tests.conftest import ROOT, tar_mode_mkfs
@@ -63,9 +63,9 @@ from tests.oci_builder import (
 START_TIMEOUT = 30.0
 APPLIED_EROFS = "Applied layer with compressed EROFS blob"  # plugins/diff/erofs/differ.go
 APPLIED_TAR = "Applied layer using tar conversion mode"
-HOST = cc.host_platform()
+HOST = platforms.host_platform()
 ARCH = HOST.split("/")[1]
-EROFS_PLATFORM = cc.erofs_platform(HOST)
+EROFS_PLATFORM = platforms.erofs_platform(HOST)
 
 
 def _bin23() -> Path:
@@ -107,16 +107,16 @@ class Daemon23:
         return log_records(self.log_file)
 
     def layer_files(self) -> set[Path]:
-        return set((self.root / cc.EROFS_SNAPSHOTTER).glob("snapshots/*/layer.erofs"))
+        return set((self.root / names.EROFS_SNAPSHOTTER).glob("snapshots/*/layer.erofs"))
 
 
 def snippet_23(wrapper: Path, log_file: Path) -> str:
     """Exactly what ``config --containerd-version 2.3 --log-level info`` prints for ``wrapper``."""
-    profile = cc.profile_for("2.3")
-    return cc.render(
-        cc.SnippetOptions(
+    profile = versions.profile_for("2.3")
+    return render.render(
+        render.SnippetOptions(
             profile=profile,
-            executable=cc.Executable(str(wrapper)),
+            executable=executable.Executable(str(wrapper)),
             routes=profile.default_routes(),
             log_file=str(log_file),
             log_level="info",
@@ -138,7 +138,7 @@ def config_text(base: Path, snippet: str, disable: tuple[str, ...] = (), cri: bo
     Without ``cri`` the Kubernetes plugins are off (``ctr`` stands in for the kubelet);
     with it they serve the CRI API on the daemon's socket, as on a node.
     """
-    q = cc.toml_string
+    q = configfile.toml_string
     disabled = [*DISABLED_PLUGINS, *CRI_PLUGINS, *disable]
     if cri:
         disabled = [p for p in disabled if p not in CRI_PLUGINS]
@@ -472,7 +472,7 @@ def test_one_unpack_platform_drops_erofs_images_and_check_says_so(
     base = Path(tempfile.mkdtemp(prefix="sp-c23b-"))
     try:
         full = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
-        featured = "\n".join(cc.unpack_entry(EROFS_PLATFORM)) + "\n"
+        featured = "\n".join(render.unpack_entry(EROFS_PLATFORM)) + "\n"
         assert featured in full
         old = full.replace(featured, "")
         (base / "merged.toml").write_text(config_text(base, old))
@@ -518,7 +518,7 @@ def test_node_without_erofs_snapshotter(shapes: dict[str, Shape], tmp_path: Path
         finally:
             stop_daemon(proc)
         snippet = snippet_23(write_wrapper(base / "bin"), base / "processor.log")
-        missing = (cc.EROFS_SNAPSHOTTER, cc.EROFS_DIFFER)
+        missing = (names.EROFS_SNAPSHOTTER, names.EROFS_DIFFER)
         proc, d = start_daemon(bin23, base / "ours", snippet, missing)
         try:
             got = pull(d, "ours", ref)

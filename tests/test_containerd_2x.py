@@ -34,8 +34,8 @@ from typing import Any
 
 import pytest
 
-from stream_processor import containerd_config as cc
 from stream_processor import superblock
+from stream_processor.containerd import configfile, platforms
 from stream_processor.mediatypes import EROFS_LAYER_ZSTD, OCI_LAYER_TAR_ZSTD
 from tests.builders import (
     DISABLED_PLUGINS,
@@ -80,7 +80,7 @@ class Daemon2:
 def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     """The generated 2.1 snippet, a hand-written erofs+zstd entry, and a private daemon."""
     snippet = tar_zstd_snippet("2.1", wrapper, log_file)
-    q = cc.toml_string
+    q = configfile.toml_string
     disabled = [*DISABLED_PLUGINS, "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime"]
     head = [
         f"root = {q(str(base / 'root'))}",
@@ -105,7 +105,7 @@ def config_text(base: Path, wrapper: Path, log_file: Path) -> str:
 
 [plugins."io.containerd.transfer.v1.local"]
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
-    platform = {q(cc.host_platform())}
+    platform = {q(platforms.host_platform())}
     snapshotter = "erofs"
     differ = "erofs"
 """
@@ -184,7 +184,7 @@ def erofs_archive(
     (no OS feature) and with ``--os-feature erofs``."""
     base = tmp_path_factory.mktemp("erofs-image")
     trees = [make_tree(base / "t1"), make_tree(base / "t2", scale=2)]
-    arch = cc.host_platform().split("/")[1]
+    arch = platforms.host_platform().split("/")[1]
     src = build_layout(base / "src", [Image([tar_tree(t) for t in trees], "gzip",
                                             architecture=arch)], ref="latest")  # fmt: skip
     out = {}
@@ -203,7 +203,7 @@ def test_erofs_layers_never_reach_a_processor_before_2_3(
     if daemon.version >= (2, 3):
         pytest.skip(f"Debian unstable now ships containerd {daemon.version}; this pins <= 2.2")
     before = len(daemon.records())
-    host = cc.host_platform()
+    host = platforms.host_platform()
     os_name, arch = host.split("/")
     name = ("--base-name", "example.test/erofs")
     local = ("images", "import", "--local", "--snapshotter", "erofs", *name)

@@ -1,7 +1,8 @@
 """The ``config`` command: snippets per containerd version/differ, and ``--check``.
 
-The routing facts asserted here are docs/containerd.md section 1; the real-daemon
-tests run generated configs on containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
+The routing facts behind them are docs/containerd.md section 1 (their table is tested
+in test_containerd_versions.py); the real-daemon tests run generated configs on
+containerd 1.6.20, 2.1.9 and (test_containerd_23.py) 2.3.
 """
 
 from __future__ import annotations
@@ -16,19 +17,26 @@ from typing import Any
 import pytest
 
 from stream_processor import PROG, log, mediatypes
-from stream_processor import containerd_config as cc
-from stream_processor.errors import UsageError
+from stream_processor.containerd import (
+    check,
+    executable,
+    names,
+    render,
+    versions,
+)
 from tests.conftest import ROOT, run_cli
 
 CONFIG_DIR = ROOT / "config"
 TAR_ZSTD = mediatypes.OCI_LAYER_TAR_ZSTD
 EROFS_ZSTD = mediatypes.EROFS_LAYER_ZSTD
 EROFS_GZIP = mediatypes.EROFS_LAYER_GZIP
-PROFILES = [(v, cc.STOCK) for v in cc.KNOWN_VERSIONS] + [(cc.LATEST, cc.PR12506)]
+PROFILES = [(v, versions.STOCK) for v in versions.KNOWN_VERSIONS] + [
+    (versions.LATEST, versions.PR12506)
+]
 
 
-def _options(profile: cc.Profile, tmp_path: Path, **kw: Any) -> cc.SnippetOptions:
-    exe = cc.Executable(sys.executable, ("-m", "stream_processor"))
+def _options(profile: versions.Profile, tmp_path: Path, **kw: Any) -> render.SnippetOptions:
+    exe = executable.Executable(sys.executable, ("-m", "stream_processor"))
     base: dict[str, Any] = {
         "profile": profile,
         "executable": exe,
@@ -36,110 +44,12 @@ def _options(profile: cc.Profile, tmp_path: Path, **kw: Any) -> cc.SnippetOption
         "log_file": str(tmp_path / "sp.log"),
     }
     base.update(kw)
-    return cc.SnippetOptions(**base)
+    return render.SnippetOptions(**base)
 
 
-def _problems(config: dict[str, Any], profile: cc.Profile, check_path: bool = True) -> str:
-    report = cc.check_config(config, profile, check_path=check_path)
+def _problems(config: dict[str, Any], profile: versions.Profile, check_path: bool = True) -> str:
+    report = check.check_config(config, profile, check_path=check_path)
     return "\n".join(str(f) for f in report.problems)
-
-
-# ------------------------------------------------------------------ profiles
-
-
-def test_profile_23_routes_zstd_erofs_as_tar_zstd_and_rejects_gzip() -> None:
-    p = cc.profile_for("2.3")
-    assert (p.zstd_route, p.gzip_route, p.config_version) == (TAR_ZSTD, None, 3)
-    assert p.erofs_plugins
-
-
-def test_profile_pr12506_routes_erofs_media_types_under_their_own_names() -> None:
-    p = cc.profile_for("2.3", cc.PR12506)
-    assert (p.zstd_route, p.gzip_route) == (EROFS_ZSTD, EROFS_GZIP)
-
-
-@pytest.mark.parametrize(("version", "config_version"), [("1.6", 2), ("1.7", 2), ("2.2", 3)])
-def test_profile_before_23_sends_no_erofs_to_processors(version: str, config_version: int) -> None:
-    p = cc.profile_for(version)
-    assert (p.zstd_route, p.gzip_route, p.erofs_plugins) == (None, None, False)
-    assert p.config_version == config_version
-    assert p.default_routes() == (TAR_ZSTD,)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("2.3.4", "2.3"), ("v1.6.20", "1.6"), ("1.6.20~ds1", "1.6"), ("2", "2.0")],
-)
-def test_version_strings_normalize(text: str, expected: str) -> None:
-    assert cc.normalize_version(text) == expected
-    assert cc.profile_for(text).version == expected
-
-
-def test_default_version_is_latest_known() -> None:
-    assert cc.profile_for().version == cc.LATEST == "2.3"
-
-
-def test_newer_version_assumes_latest_and_says_so() -> None:
-    p = cc.profile_for("2.4")
-    assert p.zstd_route == TAR_ZSTD
-    assert any("not observed" in n for n in p.notes)
-
-
-@pytest.mark.parametrize(
-    ("version", "differ", "words"),
-    [
-        ("1.5", cc.STOCK, "not supported"),
-        ("banana", cc.STOCK, "not a containerd version"),
-        ("1.6", cc.PR12506, "PR 12506"),
-        ("2.3", "walking", "unknown differ"),
-    ],
-)
-def test_profile_refuses_unknown_or_impossible(version: str, differ: str, words: str) -> None:
-    with pytest.raises(UsageError, match=words):
-        cc.profile_for(version, differ)
-
-
-# ------------------------------------------------------------------ routes
-
-
-@pytest.mark.parametrize(
-    ("names", "differ", "expected"),
-    [
-        (None, cc.STOCK, (TAR_ZSTD,)),
-        (["tar+zstd", "tar+gzip"], cc.STOCK, (TAR_ZSTD, mediatypes.OCI_LAYER_TAR_GZIP)),
-        (None, cc.PR12506, (EROFS_ZSTD, EROFS_GZIP)),
-        (
-            ["erofs+zstd", "application/vnd.example.rootfs.erofs+zstd"],
-            cc.PR12506,
-            (EROFS_ZSTD, "application/vnd.example.rootfs.erofs+zstd"),
-        ),
-    ],
-)
-def test_routes_resolve(names: list[str] | None, differ: str, expected: tuple[str, ...]) -> None:
-    assert cc.resolve_routes(names, cc.profile_for("2.3", differ)) == expected
-
-
-@pytest.mark.parametrize(
-    ("names", "version", "words"),
-    [
-        (["erofs+gzip"], "2.3", "unsupported erofs layer suffix: gzip"),
-        (["erofs+zstd"], "2.3", f"sends zstd EROFS layers as {TAR_ZSTD}"),
-        (["erofs+zstd"], "1.6", "never sends"),
-        (["*.erofs+zstd"], "2.3", "would match nothing"),
-        (["application/vnd.example.unknown"], "2.3", "unsupported media type"),
-        ([mediatypes.EROFS_LAYER], "2.3", "copies an uncompressed EROFS layer"),
-    ],
-)
-def test_routes_never_sent_are_refused(names: list[str], version: str, words: str) -> None:
-    with pytest.raises(UsageError, match=words.replace("+", r"\+").replace("*", r"\*")):
-        cc.resolve_routes(names, cc.profile_for(version))
-
-
-def test_gzip_refusal_says_what_to_do_instead() -> None:
-    with pytest.raises(UsageError) as info:
-        cc.resolve_routes(["erofs+gzip"], cc.profile_for("2.3"))
-    assert f"{PROG} pack" in info.value.message
-    assert f"--differ {cc.PR12506}" in info.value.message
 
 
 # ------------------------------------------------------------------ rendering
@@ -149,90 +59,71 @@ def test_gzip_refusal_says_what_to_do_instead() -> None:
 def test_rendered_snippet_is_valid_toml_that_passes_check(
     version: str, differ: str, tmp_path: Path
 ) -> None:
-    profile = cc.profile_for(version, differ)
-    text = cc.render(_options(profile, tmp_path))
+    profile = versions.profile_for(version, differ)
+    text = render.render(_options(profile, tmp_path))
     config = tomllib.loads(text)
-    entry = config["stream_processors"][cc.PROCESSOR_ID]
+    entry = config["stream_processors"][names.PROCESSOR_ID]
     assert entry["returns"] == mediatypes.OCI_LAYER_TAR
     assert entry["accepts"] == list(profile.default_routes())
     assert entry["path"] == sys.executable
     assert f"{log.ENV_FILE}={tmp_path / 'sp.log'}" in entry["env"]
     assert config["version"] == profile.config_version
     assert f"containerd {version}" in text  # the comment names the versions it is for
-    report = cc.check_config(config, profile)
+    report = check.check_config(config, profile)
     assert report.problems == [], report.render()
 
 
 def test_rendered_23_snippet_has_node_settings(tmp_path: Path) -> None:
     config = tomllib.loads(
-        cc.render(_options(cc.profile_for("2.3"), tmp_path, platform="linux/arm64"))
+        render.render(_options(versions.profile_for("2.3"), tmp_path, platform="linux/arm64"))
     )
     plugins = config["plugins"]
-    assert plugins[cc.DIFF_SERVICE]["default"] == ["erofs", "walking"]
-    assert plugins[cc.CRI_IMAGES]["snapshotter"] == "erofs"
+    assert plugins[names.DIFF_SERVICE]["default"] == ["erofs", "walking"]
+    assert plugins[names.CRI_IMAGES]["snapshotter"] == "erofs"
     # both of containerd 2.3's unpack platforms, since unpack_config replaces its defaults
-    assert plugins[cc.TRANSFER]["unpack_config"] == [
+    assert plugins[names.TRANSFER]["unpack_config"] == [
         {"platform": "linux/arm64", "snapshotter": "erofs", "differ": "erofs"},
         {"platform": "linux(+erofs)/arm64", "snapshotter": "erofs", "differ": "erofs"},
     ]
-    assert plugins[cc.TRANSFER]["max_concurrent_unpacks"] == cc.MAX_CONCURRENT_UNPACKS > 1
-    assert cc.EROFS_DIFFER in plugins and cc.EROFS_SNAPSHOTTER in plugins
+    assert plugins[names.TRANSFER]["max_concurrent_unpacks"] == render.MAX_CONCURRENT_UNPACKS > 1
+    assert names.EROFS_DIFFER in plugins and names.EROFS_SNAPSHOTTER in plugins
 
 
 def test_rendered_before_23_has_no_erofs_plugins(tmp_path: Path) -> None:
-    config = tomllib.loads(cc.render(_options(cc.profile_for("1.6"), tmp_path)))
+    config = tomllib.loads(render.render(_options(versions.profile_for("1.6"), tmp_path)))
     assert "plugins" not in config
 
 
 @pytest.mark.parametrize("path", ['/opt/my tools/"quoted"\\erofs', "/opt/t\tab/ü/x"])
 def test_render_escapes_strings(path: str, tmp_path: Path) -> None:
-    opts = _options(cc.profile_for("2.3"), tmp_path, executable=cc.Executable(path))
-    entry = tomllib.loads(cc.render(opts))["stream_processors"][cc.PROCESSOR_ID]
+    opts = _options(versions.profile_for("2.3"), tmp_path, executable=executable.Executable(path))
+    entry = tomllib.loads(render.render(opts))["stream_processors"][names.PROCESSOR_ID]
     assert entry["path"] == path
-
-
-def test_find_executable_prefers_console_script_on_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    script = tmp_path / PROG
-    script.write_text("#!/bin/sh\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
-    assert cc.find_executable() == cc.Executable(str(script))
-
-
-def test_find_executable_falls_back_to_this_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", "/nonexistent")
-    exe = cc.find_executable()
-    assert exe.path == os.path.abspath(sys.executable)
-    assert exe.args == ("-m", "stream_processor")
-    # a checkout (not installed in site-packages) must be importable by containerd's child
-    assert all(e.startswith("PYTHONPATH=") for e in exe.env)
 
 
 # ------------------------------------------------------------------ shipped files
 
 
-@pytest.mark.parametrize("name", sorted(cc.shipped_snippets()))
+@pytest.mark.parametrize("name", sorted(render.shipped_snippets()))
 def test_shipped_snippet_matches_generator(name: str) -> None:
-    assert (CONFIG_DIR / name).read_text() == cc.render(cc.shipped_snippets()[name])
+    assert (CONFIG_DIR / name).read_text() == render.render(render.shipped_snippets()[name])
 
 
-@pytest.mark.parametrize("name", sorted(cc.shipped_snippets()))
+@pytest.mark.parametrize("name", sorted(render.shipped_snippets()))
 def test_shipped_snippet_passes_check_cli(name: str) -> None:
     args = ["config", "--check", str(CONFIG_DIR / name), "--skip-path-check"]
-    result = run_cli([*args, *cc.shipped_check_args(name)])
+    result = run_cli([*args, *render.shipped_check_args(name)])
     assert result.returncode == 0, result.stdout.decode()
     assert result.stdout.decode().endswith("no problems found\n")
     assert result.stderr == b""
 
 
 def test_shipped_snippet_path_check_names_a_missing_executable() -> None:
-    if os.path.exists(cc.DEFAULT_EXECUTABLE):
-        pytest.skip(f"{cc.DEFAULT_EXECUTABLE} is installed on this machine")
+    if os.path.exists(render.DEFAULT_EXECUTABLE):
+        pytest.skip(f"{render.DEFAULT_EXECUTABLE} is installed on this machine")
     result = run_cli(["config", "--check", str(CONFIG_DIR / "containerd-2.3-erofs.toml")])
     assert result.returncode == 1
-    where = f"stream processor '{cc.PROCESSOR_ID}': path {cc.DEFAULT_EXECUTABLE}"
+    where = f"stream processor '{names.PROCESSOR_ID}': path {render.DEFAULT_EXECUTABLE}"
     assert f"problem: {where} does not exist" in result.stdout.decode()
 
 
@@ -248,11 +139,11 @@ def test_shipped_23_snippet_states_gzip_rejection_plainly() -> None:
 
 
 def _good(tmp_path: Path) -> dict[str, Any]:
-    return tomllib.loads(cc.render(_options(cc.profile_for("2.3"), tmp_path)))
+    return tomllib.loads(render.render(_options(versions.profile_for("2.3"), tmp_path)))
 
 
 def _entry(config: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = config["stream_processors"][cc.PROCESSOR_ID]
+    entry: dict[str, Any] = config["stream_processors"][names.PROCESSOR_ID]
     return entry
 
 
@@ -292,25 +183,25 @@ def _break(name: str, config: dict[str, Any], tmp_path: Path) -> None:
     elif name == "log-dir-missing":
         _entry(config)["env"] = [f"EROFS_SP_LOG_FILE={tmp_path}/missing/sp.log"]
     elif name == "diff-service-without-erofs":
-        del plugins[cc.DIFF_SERVICE]
+        del plugins[names.DIFF_SERVICE]
     elif name == "walking-before-erofs":
-        plugins[cc.DIFF_SERVICE]["default"] = ["walking", "erofs"]
+        plugins[names.DIFF_SERVICE]["default"] = ["walking", "erofs"]
     elif name == "no-unpack-config":
-        del plugins[cc.TRANSFER]
+        del plugins[names.TRANSFER]
     elif name == "unpack-with-walking-differ":
-        plugins[cc.TRANSFER]["unpack_config"][0]["differ"] = "walking"
+        plugins[names.TRANSFER]["unpack_config"][0]["differ"] = "walking"
     elif name == "unpack-drops-erofs-feature":  # what this tool wrote before 2.3 was observed
-        del plugins[cc.TRANSFER]["unpack_config"][1]
+        del plugins[names.TRANSFER]["unpack_config"][1]
     elif name == "unpack-only-erofs-feature":
-        del plugins[cc.TRANSFER]["unpack_config"][0]
+        del plugins[names.TRANSFER]["unpack_config"][0]
     elif name == "cri-overlayfs":
-        plugins[cc.CRI_IMAGES]["snapshotter"] = "overlayfs"
+        plugins[names.CRI_IMAGES]["snapshotter"] = "overlayfs"
     elif name == "cri-snapshotter-unset":
-        del plugins[cc.CRI_IMAGES]
+        del plugins[names.CRI_IMAGES]
     elif name == "config-version-2":
         config["version"] = 2
     elif name == "erofs-snapshotter-disabled":
-        config["disabled_plugins"] = [cc.EROFS_SNAPSHOTTER]
+        config["disabled_plugins"] = [names.EROFS_SNAPSHOTTER]
     elif name == "two-processors-same-route":
         config["stream_processors"]["io.example.other"] = {
             "accepts": [TAR_ZSTD],
@@ -343,7 +234,7 @@ BROKEN = {
     "cri-overlayfs": "Kubernetes pulls will not use EROFS",
     "cri-snapshotter-unset": "snapshotter is unset (overlayfs)",
     "config-version-2": "config version is 2",
-    "erofs-snapshotter-disabled": f"{cc.EROFS_SNAPSHOTTER} is in disabled_plugins",
+    "erofs-snapshotter-disabled": f"{names.EROFS_SNAPSHOTTER} is in disabled_plugins",
     "two-processors-same-route": "is accepted by 2 processors",
 }
 
@@ -351,24 +242,24 @@ BROKEN = {
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_check_names_the_problem(name: str, tmp_path: Path) -> None:
     config = _good(tmp_path)
-    assert _problems(copy.deepcopy(config), cc.profile_for("2.3")) == ""
+    assert _problems(copy.deepcopy(config), versions.profile_for("2.3")) == ""
     _break(name, config, tmp_path)
-    problems = _problems(config, cc.profile_for("2.3"))
+    problems = _problems(config, versions.profile_for("2.3"))
     assert BROKEN[name] in problems, problems
 
 
 def test_check_warns_without_log_file_on_23(tmp_path: Path) -> None:
     config = _good(tmp_path)
     _entry(config)["env"] = []
-    report = cc.check_config(config, cc.profile_for("2.3"))
+    report = check.check_config(config, versions.profile_for("2.3"))
     assert report.problems == []
     assert any("discards the processor's stderr" in str(f) for f in report.findings)
 
 
 def test_check_warns_about_sequential_unpacks(tmp_path: Path) -> None:
     config = _good(tmp_path)
-    del config["plugins"][cc.TRANSFER]["max_concurrent_unpacks"]
-    report = cc.check_config(config, cc.profile_for("2.3"))
+    del config["plugins"][names.TRANSFER]["max_concurrent_unpacks"]
+    report = check.check_config(config, versions.profile_for("2.3"))
     assert report.problems == []
     assert any("max_concurrent_unpacks is 1" in f.message for f in report.findings)
 
@@ -381,10 +272,10 @@ def test_check_warns_about_enable_dmverity_without_dm_verity(
     module = tmp_path / "dm_verity"
     if kernel_has_it:
         module.mkdir()
-    monkeypatch.setattr(cc, "DM_VERITY_MODULE", module)
+    monkeypatch.setattr(check, "DM_VERITY_MODULE", module)
     config = _good(tmp_path)
-    config["plugins"][cc.EROFS_DIFFER] = {"enable_dmverity": True}
-    report = cc.check_config(config, cc.profile_for("2.3"))
+    config["plugins"][names.EROFS_DIFFER] = {"enable_dmverity": True}
+    report = check.check_config(config, versions.profile_for("2.3"))
     assert report.problems == []
     warned = [f.message for f in report.findings if "enable_dmverity" in f.message]
     assert len(warned) == (0 if kernel_has_it else 1), warned
@@ -392,23 +283,16 @@ def test_check_warns_about_enable_dmverity_without_dm_verity(
         assert "dm-verity support check failed" in warned[0], warned
 
 
-def test_erofs_platform_spelling() -> None:
-    """containerd's platforms.FormatAll spelling, which its unpack_config parser reads."""
-    assert cc.erofs_platform("linux/amd64") == "linux(+erofs)/amd64"
-    assert cc.erofs_platform("linux/arm64/v8") == "linux(+erofs)/arm64/v8"
-    assert cc.erofs_platform("linux(+erofs)/arm64") == "linux(+erofs)/arm64"
-
-
 def test_check_16_config_warns_that_only_tar_arrives(tmp_path: Path) -> None:
-    config = tomllib.loads(cc.render(_options(cc.profile_for("1.6"), tmp_path)))
-    report = cc.check_config(config, cc.profile_for("1.6"))
+    config = tomllib.loads(render.render(_options(versions.profile_for("1.6"), tmp_path)))
+    report = check.check_config(config, versions.profile_for("1.6"))
     assert report.problems == []
     assert any("only sees ordinary tar layers" in f.message for f in report.findings)
 
 
 def test_check_pr12506_requires_erofs_route(tmp_path: Path) -> None:
     config = _good(tmp_path)  # tar+zstd only: a patched differ sends erofs+zstd instead
-    problems = _problems(config, cc.profile_for("2.3", cc.PR12506))
+    problems = _problems(config, versions.profile_for("2.3", versions.PR12506))
     assert f"sends zstd EROFS layers as {EROFS_ZSTD}" in problems
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from stream_processor import PROG
-from stream_processor import containerd_config as cc
+from stream_processor.containerd import check, configfile, versions
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD
 from tests.builders import (
     DISABLED_PLUGINS,
@@ -72,17 +72,17 @@ def daemon_config_text(base: Path, wrapper: Path, log_file: Path) -> str:
     """The generated 1.6 snippet (tar+zstd route, info logging) plus a private root and socket."""
     snippet = tar_zstd_snippet("1.6", wrapper, log_file)
     head = [
-        f"root = {cc.toml_string(str(base / 'root'))}",
-        f"state = {cc.toml_string(str(base / 'state'))}",
-        "disabled_plugins = [" + ", ".join(cc.toml_string(p) for p in DISABLED_PLUGINS) + "]",
+        f"root = {configfile.toml_string(str(base / 'root'))}",
+        f"state = {configfile.toml_string(str(base / 'state'))}",
+        f"disabled_plugins = {configfile.toml_list(DISABLED_PLUGINS)}",
     ]
     tail = [
         "",
         "[grpc]",
-        f"  address = {cc.toml_string(str(base / 'containerd.sock'))}",
+        f"  address = {configfile.toml_string(str(base / 'containerd.sock'))}",
         "",
         "[ttrpc]",
-        f"  address = {cc.toml_string(str(base / 'containerd.sock.ttrpc'))}",
+        f"  address = {configfile.toml_string(str(base / 'containerd.sock.ttrpc'))}",
     ]
     return "\n".join(head) + "\n" + snippet + "\n".join(tail) + "\n"
 
@@ -149,8 +149,8 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_daemon_config_generated_by_config_library_passes_check(daemon: Daemon) -> None:
-    report = cc.check_config(
-        cc.load_config(daemon.config), cc.profile_for("1.6"), str(daemon.config)
+    report = check.check_config(
+        configfile.load_config(daemon.config), versions.profile_for("1.6"), str(daemon.config)
     )
     assert report.problems == [], report.render()
 

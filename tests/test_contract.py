@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from stream_processor import mediatypes
-from stream_processor.containerd_config import PROCESSOR_ID
+from stream_processor.containerd.names import PROCESSOR_ID
 from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
 from tests.containerd_harness import (
     Observation,

@@ -1,9 +1,9 @@
 """``erofs-stream-processor config``: print the snippet, merge it, or check a config.
 
-All decisions live in ``stream_processor.containerd_config`` (snippet and
-checker), ``containerd_merge`` (``--merge``) and ``containerd_daemon``
-(``--check-daemon``); this module only maps options onto them, refuses
-options that would be ignored, and picks the exit status.
+All decisions live in the ``stream_processor.containerd`` package (``render``
+for the snippet, ``check``, ``merge`` and ``daemon``); this module only maps
+options onto them, refuses options that would be ignored, and picks the exit
+status.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from stream_processor import PROG, log, mediatypes
-from stream_processor import containerd_config as cc
+from stream_processor.containerd import check, configfile, platforms, render, routes, versions
+from stream_processor.containerd.executable import find_executable
 from stream_processor.errors import ProcessorError, UsageError
 from stream_processor.signals import unwinds_on_signals
 
@@ -41,15 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--containerd-version",
         metavar="VERSION",
-        help=f"containerd release the node runs, e.g. 2.3 or 1.6.20 (default: {cc.LATEST}); "
-        f"known: {', '.join(cc.KNOWN_VERSIONS)}",
+        help=f"containerd release the node runs, e.g. 2.3 or 1.6.20 (default: {versions.LATEST}); "
+        f"known: {', '.join(versions.KNOWN_VERSIONS)}",
     )
     parser.add_argument(
         "--differ",
-        choices=cc.DIFFERS,
-        default=cc.STOCK,
-        help=f"the node's erofs differ: {cc.STOCK} (default) or one patched as in "
-        f"containerd PR 12506 ({cc.PR12506})",
+        choices=versions.DIFFERS,
+        default=versions.STOCK,
+        help=f"the node's erofs differ: {versions.STOCK} (default) or one patched as in "
+        f"containerd PR 12506 ({versions.PR12506})",
     )
     parser.add_argument(
         "--routes",
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-file",
-        help=f"value of {log.ENV_FILE} in env (default {cc.DEFAULT_LOG_FILE}; '' for none)",
+        help=f"value of {log.ENV_FILE} in env (default {render.DEFAULT_LOG_FILE}; '' for none)",
     )
     parser.add_argument(
         "--log-level",
@@ -75,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--platform",
         help=f"unpack platform for the transfer service, linux/ARCH (default: this host, "
-        f"{cc.host_platform()})",
+        f"{platforms.host_platform()})",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", metavar="FILE", help="check FILE instead of printing a snippet")
@@ -160,22 +161,24 @@ def _routes(text: str | None) -> list[str] | None:
     return [part for part in (p.strip() for p in text.split(",")) if part]
 
 
-def _snippet_options(args: argparse.Namespace, profile: cc.Profile) -> cc.SnippetOptions:
-    platform = cc.check_platform(args.platform) if args.platform else cc.host_platform()
-    executable = cc.find_executable(args.path, invoked=sys.argv[0])
+def _snippet_options(args: argparse.Namespace, profile: versions.Profile) -> render.SnippetOptions:
+    platform = (
+        platforms.check_platform(args.platform) if args.platform else platforms.host_platform()
+    )
+    executable = find_executable(args.path, invoked=sys.argv[0])
     if executable.note:
         sys.stderr.write(f"{PROG}: {executable.note}\n")
-    return cc.SnippetOptions(
+    return render.SnippetOptions(
         profile=profile,
         executable=executable,
-        routes=cc.resolve_routes(_routes(args.routes), profile),
-        log_file=cc.DEFAULT_LOG_FILE if args.log_file is None else (args.log_file or None),
+        routes=routes.resolve_routes(_routes(args.routes), profile),
+        log_file=render.DEFAULT_LOG_FILE if args.log_file is None else (args.log_file or None),
         log_level=args.log_level,
         platform=platform,
     )
 
 
-def _report(report: cc.CheckReport) -> int:
+def _report(report: check.CheckReport) -> int:
     sys.stdout.write(report.render())
     return EXIT_CHECK_FAILED if report.problems else 0
 
@@ -183,16 +186,18 @@ def _report(report: cc.CheckReport) -> int:
 @unwinds_on_signals  # --merge's staged temporaries are removed on SIGTERM/SIGHUP/SIGINT
 def run(args: argparse.Namespace) -> int:
     mode = _mode(args)
-    profile = cc.profile_for(args.containerd_version, args.differ)
+    profile = versions.profile_for(args.containerd_version, args.differ)
     if mode == "check":
-        config = cc.load_config(args.check)
+        config = configfile.load_config(args.check)
         return _report(
-            cc.check_config(config, profile, source=args.check, check_path=not args.skip_path_check)
+            check.check_config(
+                config, profile, source=args.check, check_path=not args.skip_path_check
+            )
         )
     if mode == "daemon":
-        from stream_processor import containerd_daemon
+        from stream_processor.containerd import daemon
 
-        report = containerd_daemon.check_daemon(
+        report = daemon.check_daemon(
             profile,
             containerd=args.containerd,
             config_file=args.daemon_config,
@@ -203,22 +208,22 @@ def run(args: argparse.Namespace) -> int:
     options = _snippet_options(args, profile)
     if mode == "merge":
         return _merge(args, options)
-    sys.stdout.write(cc.render(options))
+    sys.stdout.write(render.render(options))
     return 0
 
 
-def _merge(args: argparse.Namespace, options: cc.SnippetOptions) -> int:
+def _merge(args: argparse.Namespace, options: render.SnippetOptions) -> int:
     """Merge, check the result, and write it only if it passes (or show it, --dry-run)."""
     import tomllib
 
-    from stream_processor import containerd_merge as cm
+    from stream_processor.containerd import merge as cm
 
     path = args.merge
-    backup_suffix = cm.check_backup_suffix(
-        cm.DEFAULT_BACKUP_SUFFIX if args.backup is None else args.backup
+    backup_suffix = configfile.check_backup_suffix(
+        configfile.DEFAULT_BACKUP_SUFFIX if args.backup is None else args.backup
     )
-    result = cm.merge(cm.read(path), options, source=path, force=args.force)
-    report = cc.check_config(
+    result = cm.merge(configfile.read_text_lf(path), options, source=path, force=args.force)
+    report = check.check_config(
         tomllib.loads(result.after), options.profile, source=f"{path} (merged)",
         check_path=not args.skip_path_check,
     )  # fmt: skip
@@ -230,15 +235,14 @@ def _merge(args: argparse.Namespace, options: cc.SnippetOptions) -> int:
         sys.stdout.write(report.render())
     if report.problems:
         raise CheckFailed(
-            f"{path} would not pass --check after merging ({len(report.problems)} problem"
-            f"{'s' if len(report.problems) > 1 else ''}: {report.problems[0].message}); "
-            "nothing written"
+            f"{path} would not pass --check after merging ({report.problem_count()}: "
+            f"{report.problems[0].message}); nothing written"
         )
     if args.dry_run:
         return 0
     if not result.changed:
         sys.stdout.write(f"{path} already holds this registration; nothing changed\n")
         return 0
-    backup = cm.write(path, result.before, result.after, backup_suffix)
+    backup = configfile.write(path, result.before, result.after, backup_suffix)
     sys.stdout.write(f"wrote {path}; the previous version is {backup}\n")
     return 0

@@ -1,28 +1,16 @@
 """``config --merge``: put the registration into an existing containerd ``config.toml``.
 
-Merging by hand is where installs go wrong: a repeated table header stops
-containerd from starting, a key in the wrong table is silently ignored, and
-the operator's comments and other settings must survive. So the merge edits
-the parsed document with tomlkit (a round-trip TOML library: comments, key
-order and layout survive) instead of pasting text, and it changes only the
-keys the snippet from ``containerd_config.render`` sets. That snippet is the
-single source of what is needed: it is parsed and its keys are the targets.
-
-A key the operator set to something else is a conflict, changed only with
-``force``. A key holding containerd's own built-in default is not an
-operator's choice (``containerd config default`` writes every default into a
-stock file, e.g. ``diff-service.default = ["walking"]``), so it is updated
-like a missing one; the change list and ``--dry-run`` diff still show it.
-
-tomlkit is imported only here, and this module only by ``config``: never on
-the decode path.
+The parsed document is edited with tomlkit, so the operator's comments, key
+order and other settings survive, and only the keys the rendered snippet sets
+are touched (the snippet is parsed; its keys are the targets). A key the
+operator set differently is a conflict, changed only with ``force``; one
+holding containerd's built-in default (``containerd config default`` spells
+them all out) is no choice of theirs and is updated like a missing one.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,25 +20,29 @@ import tomlkit
 import tomlkit.exceptions
 from tomlkit.items import AoT, Table, Whitespace
 
-from stream_processor import containerd_config as cc
+from stream_processor.containerd.configfile import parse_config, toml_string
+from stream_processor.containerd.names import (
+    CRI_IMAGES,
+    DIFF_SERVICE,
+    EROFS_NODE_PLUGINS,
+    PROCESSOR_ID,
+    TRANSFER,
+)
+from stream_processor.containerd.render import SnippetOptions, render
+from stream_processor.containerd.versions import Profile
 from stream_processor.errors import (
     DataError,
-    InputOutputError,
     ProcessorError,
-    UsageError,
-    no_such_file,
 )
-from stream_processor.signals import unwinding
 
 EXIT_CONFLICT = 1
-DEFAULT_BACKUP_SUFFIX = ".bak"
 
 # containerd's built-in values for the keys the snippet sets (plugins/*/plugin.go):
 # a file holding one of these has not chosen anything, whatever it spells out.
 CONTAINERD_DEFAULTS: dict[tuple[str, str], Any] = {
-    (cc.CRI_IMAGES, "snapshotter"): "overlayfs",
-    (cc.DIFF_SERVICE, "default"): ["walking"],
-    (cc.TRANSFER, "max_concurrent_unpacks"): 1,
+    (CRI_IMAGES, "snapshotter"): "overlayfs",
+    (DIFF_SERVICE, "default"): ["walking"],
+    (TRANSFER, "max_concurrent_unpacks"): 1,
 }
 
 
@@ -111,7 +103,7 @@ class MergeResult:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return cc.toml_string(value)
+        return toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, dict):
@@ -179,7 +171,7 @@ def line_of(text: str, table: tuple[str, ...], key: str | None = None, nth: int 
 
 def parse(text: str, source: str) -> tuple[dict[str, Any], tomlkit.TOMLDocument]:
     """Both views of ``text``: plain values (tomllib) and the editable document (tomlkit)."""
-    plain = cc.parse_config(text, source)
+    plain = parse_config(text, source)
     try:
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
@@ -187,12 +179,12 @@ def parse(text: str, source: str) -> tuple[dict[str, Any], tomlkit.TOMLDocument]
     return plain, doc
 
 
-def check_version(plain: Mapping[str, Any], profile: cc.Profile, source: str) -> bool:
+def check_version(plain: Mapping[str, Any], profile: Profile, source: str) -> bool:
     """Refuse a file of another config version; True if the file has no keys at all yet."""
     if not plain:
         return True
     found = plain.get("version", 1)  # containerd reads a file without one as version 1
-    accepted = cc.config_versions(profile)
+    accepted = profile.config_versions
     if not isinstance(found, int) or found < min(accepted):
         how = (
             "run `containerd config migrate` (containerd 2.x) and merge into its output"
@@ -338,8 +330,7 @@ def _add(container: Any, key: str, value: Any) -> None:
 
 def _where(table_path: tuple[str, ...], key: str) -> str:
     header = ".".join(
-        p if p.replace("_", "").replace("-", "").isalnum() else cc.toml_string(p)
-        for p in table_path
+        p if p.replace("_", "").replace("-", "").isalnum() else toml_string(p) for p in table_path
     )
     return f"[{header}] {key}"
 
@@ -365,7 +356,7 @@ def _at_least(old: Any, new: Any) -> tuple[Any, bool]:
 
 def merge(
     text: str,
-    options: cc.SnippetOptions,
+    options: SnippetOptions,
     source: str = "config.toml",
     force: bool = False,
 ) -> MergeResult:
@@ -378,13 +369,13 @@ def merge(
     plain, doc = parse(text, source)
     profile = options.profile
     empty = check_version(plain, profile, source)
-    rendered = cc.render(options)
+    rendered = render(options)
     snippet = tomllib.loads(rendered)
     m = _Merger(text, doc, tomlkit.parse(rendered), force)
     if empty:
         doc.add("version", profile.config_version)
         m.changes.append(Change("version", None, profile.config_version))
-    _merge_processor(m, plain, snippet["stream_processors"][cc.PROCESSOR_ID])
+    _merge_processor(m, plain, snippet["stream_processors"][PROCESSOR_ID])
     if profile.erofs_plugins:
         _merge_disabled(m, plain)
         _merge_plugins(m, plain, snippet["plugins"])
@@ -406,9 +397,9 @@ def _merge_processor(m: _Merger, plain: Mapping[str, Any], entry: Mapping[str, A
     """Our own entry is ours to update; another processor claiming a route is a conflict."""
     processors = plain.get("stream_processors")
     processors = processors if isinstance(processors, dict) else {}
-    existing = processors.get(cc.PROCESSOR_ID)
+    existing = processors.get(PROCESSOR_ID)
     existing = existing if isinstance(existing, dict) else {}
-    table_path = ("stream_processors", cc.PROCESSOR_ID)
+    table_path = ("stream_processors", PROCESSOR_ID)
     for key, value in entry.items():
         current = existing.get(key)
         if current != value:
@@ -416,7 +407,7 @@ def _merge_processor(m: _Merger, plain: Mapping[str, Any], entry: Mapping[str, A
             m.record(Change(_where(table_path, key), current, value, line))
             m.put(table_path, key, value)
     for pid, other in processors.items():
-        if pid == cc.PROCESSOR_ID or not isinstance(other, dict):
+        if pid == PROCESSOR_ID or not isinstance(other, dict):
             continue
         accepts = other.get("accepts")
         if not isinstance(accepts, list):
@@ -434,8 +425,7 @@ def _merge_disabled(m: _Merger, plain: Mapping[str, Any]) -> None:
     disabled = plain.get("disabled_plugins")
     if not isinstance(disabled, list):
         return
-    needed = (cc.EROFS_SNAPSHOTTER, cc.EROFS_DIFFER, cc.DIFF_SERVICE, cc.TRANSFER)
-    kept = [p for p in disabled if p not in needed]
+    kept = [p for p in disabled if p not in EROFS_NODE_PLUGINS]
     if kept != disabled:
         line = line_of(m.text, (), "disabled_plugins")
         if m.record(Change("disabled_plugins", disabled, kept, line, conflict=True)):
@@ -446,8 +436,8 @@ def _merge_plugins(m: _Merger, plain: Mapping[str, Any], wanted: Mapping[str, An
     plugins = plain.get("plugins")
     plugins = plugins if isinstance(plugins, dict) else {}
     resolvers: dict[tuple[str, str], Callable[[Any, Any], tuple[Any, bool]]] = {
-        (cc.DIFF_SERVICE, "default"): _diff_order,
-        (cc.TRANSFER, "max_concurrent_unpacks"): _at_least,
+        (DIFF_SERVICE, "default"): _diff_order,
+        (TRANSFER, "max_concurrent_unpacks"): _at_least,
     }
     for plugin, settings in wanted.items():
         current = plugins.get(plugin)
@@ -466,12 +456,12 @@ def _merge_plugins(m: _Merger, plain: Mapping[str, Any], wanted: Mapping[str, An
 
 def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> None:
     """One erofs/erofs entry per wanted platform; one pairing other plugins is a conflict."""
-    path = ("plugins", cc.TRANSFER, "unpack_config")
+    path = ("plugins", TRANSFER, "unpack_config")
     where = "[" + _where(path, "")[:-1] + "]"
     existing = [u for u in current if isinstance(u, dict)] if isinstance(current, list) else []
     for entry in wanted:
         same = [i for i, u in enumerate(existing) if u.get("platform") == entry["platform"]]
-        in_doc = m.table("plugins", cc.TRANSFER).get("unpack_config")
+        in_doc = m.table("plugins", TRANSFER).get("unpack_config")
         if not same and in_doc and any(u.get("platform") == entry["platform"] for u in in_doc):
             continue  # came with the table copied from the snippet
         if any(
@@ -482,8 +472,8 @@ def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> Non
             continue
         if not same:
             m.record(Change(where, None, dict(entry)))
-            table = m.table("plugins", cc.TRANSFER)
-            model = m.snippet["plugins"][cc.TRANSFER]["unpack_config"]
+            table = m.table("plugins", TRANSFER)
+            model = m.snippet["plugins"][TRANSFER]["unpack_config"]
             fresh = next(t for t in model if t["platform"] == entry["platform"])
             if "unpack_config" not in table:
                 _add(table, "unpack_config", tomlkit.aot())
@@ -502,92 +492,6 @@ def _merge_unpack(m: _Merger, current: Any, wanted: list[dict[str, Any]]) -> Non
         line = line_of(m.text, path, "snapshotter", nth=index) or line_of(m.text, path, None, index)
         label = f"{where} for {entry['platform']}"
         if m.record(Change(label, old, {"snapshotter": "erofs", "differ": "erofs"}, line, True)):
-            aot = m.table("plugins", cc.TRANSFER)["unpack_config"]
+            aot = m.table("plugins", TRANSFER)["unpack_config"]
             aot[index]["snapshotter"] = "erofs"
             aot[index]["differ"] = "erofs"
-
-
-# ---------------------------------------------------------------- writing
-
-
-def read(path: str) -> str:
-    """The file's text; a missing file is a usage error, like a missing input elsewhere."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        raise no_such_file(path) from None
-    except IsADirectoryError:
-        raise UsageError(f"not a file: {path}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not valid TOML: not UTF-8 text ({exc.reason})") from exc
-    except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot read {path}", exc) from exc
-
-
-def check_backup_suffix(suffix: str) -> str:
-    if not suffix or "/" in suffix or suffix in (".", ".."):
-        raise UsageError(f"--backup needs a file name suffix such as .bak, not {suffix!r}")
-    return suffix
-
-
-def write(path: str, before: str, after: str, backup_suffix: str = DEFAULT_BACKUP_SUFFIX) -> str:
-    """Replace ``path`` with ``after`` atomically, keeping ``before`` as PATH+suffix.
-
-    Both files are written to temporaries in the target's directory, fsynced
-    and renamed over, so a crash leaves either the old or the new file, never
-    a mix, and no temporary. Mode and owner follow the original. Returns the
-    backup's path.
-    """
-    target = os.path.realpath(path)  # a symlinked config stays a symlink
-    backup = target + check_backup_suffix(backup_suffix)
-    try:
-        st = os.stat(target)
-    except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
-    with unwinding():  # SIGTERM/SIGHUP/SIGINT: the staged temporaries are removed
-        _replace_all(((backup, before), (target, after)), st, path)
-    return backup
-
-
-def _replace_all(files: tuple[tuple[str, str], ...], st: os.stat_result, path: str) -> None:
-    """Stage every (destination, text) first, then rename each over its destination."""
-    staged: list[tuple[str, str]] = []
-    try:
-        for dest, text in files:
-            staged.append((_stage(dest, text.encode("utf-8"), st), dest))
-        for tmp, dest in staged:
-            os.replace(tmp, dest)
-        _fsync_dir(os.path.dirname(files[-1][0]))
-    except OSError as exc:
-        raise InputOutputError.from_os_error(f"cannot write {path}", exc) from exc
-    finally:
-        for tmp, _ in staged:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-
-
-def _stage(dest: str, data: bytes, st: os.stat_result) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", dir=os.path.dirname(dest))
-    try:
-        os.fchmod(fd, st.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    return tmp
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

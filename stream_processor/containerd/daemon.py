@@ -1,15 +1,10 @@
 """``config --check-daemon``: check what containerd really loaded, not only a file.
 
-A file can pass ``--check`` while the daemon runs something else: imports and
-drop-ins (2.3's stock config imports ``/etc/containerd/conf.d/*.toml``) are
-merged in, and a plugin can fail to load (the erofs differ stays ``skip``
-without ``mkfs.erofs --tar`` on containerd's PATH). So this asks containerd:
-``containerd config dump`` prints the merged configuration it would run
-with, and ``ctr plugins ls`` (against a running daemon's socket) the state of
-each plugin. The processor's path is checked for the daemon's own user, the
-owner of the process listening on that socket.
-
-Imported only by the ``config`` command.
+Imports and drop-ins (2.3's stock config imports ``/etc/containerd/conf.d/*.toml``)
+change what runs, and a plugin can fail to load (the erofs differ without
+``mkfs.erofs --tar``). So containerd is asked: ``containerd config dump`` for the
+merged configuration, ``ctr plugins ls`` for each plugin's state; the processor's
+path is checked for the user owning the daemon's socket.
 """
 
 from __future__ import annotations
@@ -22,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stream_processor import containerd_config as cc
+from stream_processor.containerd.check import CheckReport, Level, check_config, is_ours
+from stream_processor.containerd.configfile import parse_config
+from stream_processor.containerd.versions import Profile
 from stream_processor.errors import DataError, UsageError, no_such_file
 
 TIMEOUT = 60.0
@@ -62,7 +59,7 @@ def dump_config(containerd: str | None, config_file: str | None) -> tuple[str, d
     command = " ".join(argv)
     if done.returncode != 0:
         raise DataError(f"{command} failed: {_last_line(done.stderr)}")
-    return command, cc.parse_config(done.stdout, f"the output of {command}")
+    return command, parse_config(done.stdout, f"the output of {command}")
 
 
 @dataclass(frozen=True)
@@ -109,17 +106,21 @@ def _reason(ctr: str, address: str, key: tuple[str, str]) -> str:
     return ""
 
 
-def check_plugins(states: Mapping[tuple[str, str], PluginState], report: cc.CheckReport) -> None:
+def check_plugins(states: Mapping[tuple[str, str], PluginState], report: CheckReport) -> None:
     for key in EROFS_PLUGINS:
         name = f"{key[0]} {key[1]}"
         state = states.get(key)
         if state is None:
-            report.add(cc.PROBLEM, f"the daemon has no plugin {name} (containerd older than 2.1?)")
+            report.add(
+                Level.PROBLEM, f"the daemon has no plugin {name} (containerd older than 2.1?)"
+            )
         elif state.status == "ok":
-            report.add(cc.OK, f"the daemon loaded {name}")
+            report.add(Level.OK, f"the daemon loaded {name}")
         else:
             why = f": {state.reason}" if state.reason else ""
-            report.add(cc.PROBLEM, f"the daemon did not load {name} (status {state.status}){why}")
+            report.add(
+                Level.PROBLEM, f"the daemon did not load {name} (status {state.status}){why}"
+            )
 
 
 # ---------------------------------------------------------------- the daemon's user
@@ -195,34 +196,34 @@ def can_execute(path: str, who: Credentials) -> bool:
     return bool(st.st_mode & stat.S_IXOTH)
 
 
-def check_processor_paths(
-    config: Mapping[str, Any], who: Credentials, report: cc.CheckReport
-) -> None:
+def check_processor_paths(config: Mapping[str, Any], who: Credentials, report: CheckReport) -> None:
     processors = config.get("stream_processors")
     if not isinstance(processors, dict):
         return
     for pid, entry in processors.items():
-        if not (isinstance(entry, dict) and cc.is_ours(pid, entry)):
+        if not (isinstance(entry, dict) and is_ours(pid, entry)):
             continue
         path = entry.get("path")
         if not isinstance(path, str) or not os.path.isabs(path):
             continue  # the file check already reported it
         if can_execute(path, who):
-            report.add(cc.OK, f"stream processor {pid!r}: {who.source} can execute {path}")
+            report.add(Level.OK, f"stream processor {pid!r}: {who.source} can execute {path}")
         else:
-            report.add(cc.PROBLEM, f"stream processor {pid!r}: {who.source} cannot execute {path}")
+            report.add(
+                Level.PROBLEM, f"stream processor {pid!r}: {who.source} cannot execute {path}"
+            )
 
 
 def check_daemon(
-    profile: cc.Profile,
+    profile: Profile,
     containerd: str | None = None,
     config_file: str | None = None,
     address: str | None = None,
     check_path: bool = True,
-) -> cc.CheckReport:
+) -> CheckReport:
     """Check the effective config; with ``address`` also the running daemon's plugins."""
     command, config = dump_config(containerd, config_file)
-    report = cc.check_config(config, profile, source=f"`{command}`", check_path=check_path)
+    report = check_config(config, profile, source=f"`{command}`", check_path=check_path)
     if address is None:
         return report
     if not os.path.exists(address):
