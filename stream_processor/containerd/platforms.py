@@ -14,11 +14,9 @@ ARCHES = ("386", "amd64", "arm", "arm64", "loong64", "mips64le", "ppc64le", "ris
 
 def host_platform() -> str:
     """containerd's platform string for this machine (``linux/amd64``, ``linux/arm64``)."""
-    machine = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(
-        machine, machine
-    )
-    return f"linux/{arch}"
+    from stream_processor.convert.oci import normalize_arch  # the one alias table
+
+    return f"linux/{normalize_arch(platform.machine().lower())}"
 
 
 def check_platform(text: str) -> str:
