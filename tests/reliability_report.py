@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import _reliability_helpers as rh  # noqa: E402
+from tests.processor import processor_env  # noqa: E402
 
 README = ROOT / "README.md"
 BEGIN, END = "<!-- BEGIN reliability -->", "<!-- END reliability -->"
@@ -57,7 +58,7 @@ def _fmt_s(seconds: float) -> str:
 def seeds_row(seeds: list[rh.Seed]) -> Row:
     bad, slowest = 0, 0.0
     for seed in seeds:
-        out = rh.run_processor(seed.data, seed.media_type)
+        out = rh.run_decoder(seed.data, seed.media_type)
         slowest = max(slowest, out.seconds)
         bad += out.exit_code != 0 or out.stdout != seed.expected or bool(out.stderr)
     names = ", ".join(s.name for s in seeds)
@@ -96,7 +97,7 @@ def mutation_rows(seeds: list[rh.Seed], cli_per_class: int, inproc_per_class: in
 
         def judge(case: tuple[rh.Seed, bytes]) -> tuple[int, float, str | None]:
             seed, data = case
-            out = rh.run_processor(data, seed.media_type)
+            out = rh.run_decoder(data, seed.media_type)
             return out.exit_code, out.seconds, rh.cli_violation(out, seed.media_type, data, None)
 
         with ThreadPoolExecutor(2) as pool:
@@ -214,7 +215,7 @@ def degenerate_row(seeds: list[rh.Seed], count: int = 100_000) -> Row:
     layers = rh.degenerate_layers(image, count)
     for _name, (route, data) in layers.items():
         for threads in ("1", "2"):
-            out = rh.run_processor(data, route, "--threads", threads, timeout=300)
+            out = rh.run_decoder(data, route, "--threads", threads, timeout=300)
             failures += out.exit_code != rh.EXIT_DATA or len(out.stderr_lines) != 1
             slowest = max(slowest, out.seconds)
     return Row(
@@ -272,7 +273,7 @@ def regression_row() -> Row:
 def fault_rows(work: Path) -> list[Row]:
     from tests import test_faults as tf
 
-    layers = tf.make_layers(work / "faults")
+    layers = rh.make_layers(work / "faults")
     rows = []
     for name, run in tf.ALL_FAULTS.items():
         sub = Path(tempfile.mkdtemp(dir=work))
@@ -351,7 +352,7 @@ def fuzz_row(seconds: int, work: Path) -> Row:
         capture_output=True,
         text=True,
         timeout=seconds + 300,
-        env=rh.processor_env({"EROFS_SP_FUZZ_WORK": str(work / "seed-image")}),
+        env=processor_env({"EROFS_SP_FUZZ_WORK": str(work / "seed-image")}),
         cwd=ROOT,
     )
     runs = re.findall(r"Done (\d+) runs", proc.stderr)

@@ -1,4 +1,5 @@
-"""The command line as containerd and people use it: exit codes, stderr, logs, fd 3, SIGPIPE."""
+"""The command line as people use it: exit codes, stderr, logs (fd 3 and a reader that
+closes early are containerd's contract: test_contract)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,9 +18,10 @@ import zstandard
 from stream_processor import mediatypes as mt
 from stream_processor.cli import main
 from stream_processor.commands import decode as decode_command
-from tests.conftest import ROOT, make_tree, mkfs_erofs, run_cli
+from tests.conftest import ROOT, mkfs_erofs
+from tests.processor import processor_argv, processor_env, run_cli
 
-ENV = "STREAM_PROCESSOR_MEDIATYPE"
+ENV = mt.ENV_MEDIA_TYPE
 
 
 def test_help_and_version() -> None:
@@ -114,95 +114,6 @@ def test_unwritable_log_never_fails_the_decode(erofs_bytes: bytes, tmp_path: Pat
     proc = run_cli(["--log-file", str(missing), "--log-level", "info"], stdin=blob)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
     assert b"logging is off" in proc.stderr and len(proc.stderr.splitlines()) == 1
-
-
-def _spawn() -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env[ENV] = mt.EROFS_LAYER_ZSTD
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream_processor"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def _run_with_fd3(blob: bytes, fd3: int, log: Path) -> subprocess.CompletedProcess[bytes]:
-    """Run the processor with ``fd3`` moved to its descriptor 3, as containerd passes a payload."""
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env["EROFS_SP_LOG_LEVEL"] = "info"
-    script = f'exec 3<&{fd3} {fd3}<&-; exec "$0" "$@"'
-    return subprocess.run(
-        ["bash", "-c", script, sys.executable, "-m", "stream_processor", "--log-file", str(log)],
-        input=blob,
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        pass_fds=(fd3,),
-        timeout=30,
-    )
-
-
-def test_fd3_payload_present_is_drained_and_ignored(erofs_bytes: bytes, tmp_path: Path) -> None:
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    payload = b"\x0a\x04test payload"
-    r, w = os.pipe()
-    os.write(w, payload)
-    os.close(w)
-    proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
-    os.close(r)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes and proc.stderr == b""
-    record = json.loads((tmp_path / "sp.log").read_text())
-    assert record["fd3_payload_bytes"] in (0, len(payload))  # drained off the main thread
-
-
-def test_fd3_open_but_never_written_does_not_block(erofs_bytes: bytes, tmp_path: Path) -> None:
-    """containerd's writer may still hold the pipe open: the decode must not wait for it."""
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    r, w = os.pipe()
-    try:
-        proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
-    finally:
-        os.close(r)
-        os.close(w)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes
-    assert json.loads((tmp_path / "sp.log").read_text())["fd3_payload_bytes"] == 0
-
-
-def test_fd3_absent(erofs_bytes: bytes) -> None:
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    proc = run_cli(stdin=blob)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes
-
-
-def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
-    image = tmp_path / "img.erofs"
-    tree = make_tree(tmp_path / "tree", scale=1)
-    (tree / "big").write_bytes(os.urandom(8 << 20))
-    mkfs_erofs(tree, image)
-    blob = zstandard.ZstdCompressor(level=1).compress(image.read_bytes())
-    proc = _spawn()
-    assert proc.stdin and proc.stdout and proc.stderr
-
-    def feed() -> None:
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(blob)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    proc.stdout.read(32 * 1024)
-    proc.stdout.close()
-    started = time.monotonic()
-    code = proc.wait(timeout=30)
-    assert time.monotonic() - started < 10
-    assert code == 128 + signal.SIGPIPE
-    assert proc.stderr.read() == b""
 
 
 # -- issue 13: unknown commands, help COMMAND, log levels, honest byte counts ----------
@@ -304,10 +215,9 @@ def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path)
     blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
     fed = blob[: 100 * 1024]
     log = tmp_path / "sp.log"
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env["EROFS_SP_LOG_FILE"] = str(log)
+    env = processor_env({"EROFS_SP_LOG_FILE": str(log)})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_processor", "--threads", "1"],
+        processor_argv(["--threads", "1"]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -385,10 +295,9 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
     blob = zstandard.ZstdCompressor().compress(mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
-    env["EROFS_SP_LOG_FILE"] = str(tmp_path / "sp.log")  # as every generated config sets it
+    env = processor_env({"EROFS_SP_LOG_FILE": str(tmp_path / "sp.log")})  # as configs set it
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "stream_processor"],
+        processor_argv(interpreter=["-X", "importtime"]),
         input=blob,
         capture_output=True,
         env=env,
@@ -419,9 +328,9 @@ def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
     image = mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
+    env = processor_env()
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "stream_processor"],
+        processor_argv(interpreter=["-X", "importtime"]),
         input=gzip.compress(image),
         capture_output=True,
         env=env,
@@ -494,9 +403,9 @@ def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
 
 def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C: exit 130 and no stderr line (as before), and the object under --json."""
-    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env = processor_env()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_processor", "inspect", "--json", "-"],
+        processor_argv(["inspect", "--json", "-"]),
         stdin=subprocess.PIPE,  # kept open and empty: inspect waits for the blob
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -25,9 +25,10 @@ import tomlkit
 from stream_processor import containerd_config as cc
 from stream_processor import containerd_merge as cm
 from tests.builders import DISABLED_PLUGINS, write_wrapper
-from tests.conftest import ROOT, run_cli, tar_mode_mkfs
+from tests.conftest import ROOT, tar_mode_mkfs
 from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
 from tests.daemon_helpers import CONTAINERD_21_BIN as BIN_21
+from tests.processor import run_cli
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
 HOST = cc.host_platform()

@@ -18,7 +18,8 @@ import pytest
 from stream_processor import PROG, log, mediatypes
 from stream_processor import containerd_config as cc
 from stream_processor.errors import UsageError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
+from tests.processor import run_cli
 
 CONFIG_DIR = ROOT / "config"
 TAR_ZSTD = mediatypes.OCI_LAYER_TAR_ZSTD

@@ -1,6 +1,6 @@
 """containerd's binary stream-processor contract, exercised on real layers.
 
-Each test starts the processor through ``containerd_harness.run_processor``,
+Each test starts the processor through ``tests.processor.run_processor``,
 which reproduces ``NewBinaryProcessor`` (env + STREAM_PROCESSOR_MEDIATYPE,
 stdin fed by a writer thread, stdout read in 32 KiB pieces through SHA-256,
 stderr collected, optional fd 3 payload pipe, kill on early close). Test
@@ -20,11 +20,14 @@ import pytest
 
 from stream_processor import mediatypes
 from stream_processor.containerd_config import PROCESSOR_ID
-from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
-from tests.containerd_harness import (
+from tests import _reliability_helpers as rh
+from tests.conftest import make_tree, mkfs_erofs, require_tool
+from tests.processor import (
     Observation,
     Payload,
     open_fds,
+    processor_argv,
+    run_cli,
     run_processor,
     sha256_file,
 )
@@ -143,27 +146,53 @@ def test_contract_without_media_type_env_detects_compression(layers: dict[str, P
     [
         Payload.ABSENT,
         Payload.EMPTY,
+        Payload.HELD,
         b"\x0a\x04type\x12\x02hi",
         os.urandom(100_000),
         b"x" * (3 << 20),
     ],
-    ids=["fd3-absent", "fd3-empty", "fd3-small-any", "fd3-100KiB", "fd3-3MiB-over-drain-limit"],
+    ids=[
+        "fd3-absent",
+        "fd3-empty",
+        "fd3-open-never-written",
+        "fd3-small-any",
+        "fd3-100KiB",
+        "fd3-3MiB-over-drain-limit",
+    ],
 )
 def test_contract_fd3_payload_never_blocks_nor_changes_output(
-    layers: dict[str, Path], payload: bytes | Payload
+    layers: dict[str, Path], payload: bytes | Payload, tmp_path: Path
 ) -> None:
-    obs = run_processor(layers["zstd"], EROFS_ZSTD, payload=payload, inspect=True)
+    """Whatever containerd puts on fd 3 (nothing, an empty pipe, a pipe its writer keeps
+    open and never writes, any payload), the output is the image, promptly, and the
+    payload is drained off the main thread and then closed."""
+    log = tmp_path / "sp.log"
+    env = {"EROFS_SP_LOG_FILE": str(log), "EROFS_SP_LOG_LEVEL": "info"}
+    held = payload is Payload.HELD
+    obs = run_processor(
+        layers["zstd"], EROFS_ZSTD, payload=payload, env=env, inspect=not held, timeout=10
+    )
+    assert not obs.timed_out, "the decode waited for fd 3"
     _assert_clean_success(obs, layers["image"])
     if payload is Payload.ABSENT:
         assert obs.payload_pipe is None
         assert obs.fd3_at_start is None or not obs.fd3_at_start.startswith("pipe:")
     else:  # the processor really started with the payload pipe on fd 3, as ExtraFiles does
         assert obs.fd3_at_start == obs.payload_pipe
-    # the processor drains fd 3 and closes it; it never keeps the pipe open
-    assert set(obs.fds_mid_run) <= {"0", "1", "2"}, obs.fds_mid_run
+    if not held:  # the processor drains fd 3 and closes it; it never keeps the pipe open
+        assert set(obs.fds_mid_run) <= {"0", "1", "2"}, obs.fds_mid_run
     if isinstance(payload, bytes) and len(payload) <= (1 << 20):
         assert obs.payload_written == len(payload)
         assert obs.payload_error is None
+    record = json.loads(log.read_text())
+    if payload is Payload.ABSENT:
+        assert "fd3_payload_bytes" not in record
+    elif isinstance(payload, bytes):  # drained off the main thread: maybe not yet, or part
+        assert 0 <= record["fd3_payload_bytes"] <= len(payload)
+        if len(payload) <= 4096:  # one atomic pipe write: nothing of it, or all of it
+            assert record["fd3_payload_bytes"] in (0, len(payload))
+    else:
+        assert record["fd3_payload_bytes"] == 0
 
 
 def test_contract_no_stray_fds_children_or_zombies(layers: dict[str, Path]) -> None:
@@ -288,14 +317,44 @@ def test_contract_reader_closes_early_then_kill_leaves_no_zombie(
     assert not os.path.exists(f"/proc/{obs.pid}")
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def long_layers(tmp_path_factory: pytest.TempPathFactory) -> rh.Layers:
+    """Layers whose output flows long before their input ends (one frame; 64 frames)."""
+    return rh.make_layers(tmp_path_factory.mktemp("contract-long"))
+
+
+@pytest.mark.parametrize(
+    ("layer", "threads"),
+    [
+        pytest.param("large", "1", marks=pytest.mark.slow, id="100MiB-real-layer"),
+        pytest.param("padded", "1", id="1-thread"),
+        pytest.param("frames", "2", id="2-threads-32MiB-frames"),
+    ],
+)
 def test_contract_reader_closes_early_without_kill_ends_quietly_on_epipe(
-    large_layer: tuple[Path, Path],
+    layer: str, threads: str, request: pytest.FixtureRequest
 ) -> None:
-    """EPIPE/SIGPIPE must end the process by itself, quietly, well before the input ends."""
-    _image, layer = large_layer
-    obs = run_processor(layer, EROFS_ZSTD, close_after=64 * 1024, kill_on_close=False, timeout=30)
+    """The reader goes away and nobody kills the process: EPIPE/SIGPIPE end it by itself,
+    quietly, within 3 s, with one thread and with the 2-thread pool alike."""
+    source: bytes | Path
+    if layer == "large":
+        source = request.getfixturevalue("large_layer")[1]
+    else:
+        long: rh.Layers = request.getfixturevalue("long_layers")
+        source = long.padded_zstd if layer == "padded" else long.many_frames
+    obs = run_processor(
+        source,
+        EROFS_ZSTD,
+        argv=processor_argv(["--threads", threads]),
+        close_after=64 * 1024 if layer == "large" else 1 << 20,
+        kill_on_close=False,
+        timeout=30,
+    )
+    assert obs.closed_early
     assert not obs.timed_out, "the processor kept running after its reader went away"
-    assert obs.returncode in (EXIT_SIGPIPE, -signal.SIGPIPE), obs.returncode
+    assert obs.returncode == EXIT_SIGPIPE, obs.returncode
     assert obs.stderr == b"", obs.stderr
-    assert obs.stdin_written < layer.stat().st_size or obs.stdin_error is not None
+    assert obs.seconds_after_close < 3, f"took {obs.seconds_after_close:.1f} s to notice"
+    if layer == "large":  # an input larger than any pipe: it stopped well before its end
+        assert isinstance(source, Path)
+        assert obs.stdin_written < source.stat().st_size or obs.stdin_error is not None

@@ -21,7 +21,8 @@ import zstandard
 
 from stream_processor import mediatypes as mt
 from tests.builders import patch_superblock
-from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool, run_cli
+from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool
+from tests.processor import run_cli
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
 

@@ -24,6 +24,7 @@ import pytest
 import zstandard
 
 from tests import _reliability_helpers as rh
+from tests.processor import ROOT, limit_address_space, processor_argv, processor_env
 
 PAD = (4 << 30) + (3 << 20) + 12345  # past 2^32 by a few MiB and an odd tail
 STEP = 8 << 20
@@ -84,13 +85,13 @@ def decode_large(wrap: str, image: bytes, pad: int = PAD) -> LargeResult:
     out_r, out_w = _big_pipe()
     started = time.monotonic()
     proc = subprocess.Popen(
-        rh.processor_cmd(route, "--log-file", os.devnull),
+        processor_argv(rh.decoder_args(route, "--log-file", os.devnull)),
         stdin=in_r,
         stdout=out_w,
         stderr=subprocess.PIPE,
-        env=rh.processor_env(),
-        cwd=rh.ROOT,
-        preexec_fn=rh.limit_address_space(),
+        env=processor_env(),
+        cwd=ROOT,
+        preexec_fn=limit_address_space(),
     )
     os.close(in_r)
     os.close(out_w)
@@ -175,7 +176,7 @@ def test_huge_image_claim_with_short_data_is_refused(image: bytes, tmp_path: Pat
     forged = bytearray(image)
     forged[rh.SB_OFFSET + 0x24 : rh.SB_OFFSET + 0x28] = b"\xff\xff\xff\xff"
     rh.reseal(forged)
-    outcome = rh.run_processor(rh.zstd_frame(bytes(forged)), rh.ZSTD_ROUTE)
+    outcome = rh.run_decoder(rh.zstd_frame(bytes(forged)), rh.ZSTD_ROUTE)
     assert outcome.exit_code == rh.EXIT_DATA
     assert "truncated EROFS image" in outcome.stderr
     assert len(outcome.stderr_lines) == 1

@@ -27,7 +27,7 @@ from stream_processor.commands._options import (
 from stream_processor.errors import UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.sizes import human
-from tests.conftest import run_cli
+from tests.processor import run_cli
 
 
 @pytest.mark.parametrize(
