@@ -10,12 +10,13 @@ reader and kills the process.
 
 ``processor_argv`` and ``processor_env`` are that command line and
 environment (this checkout's package, none of the tester's own
-``EROFS_SP_*`` settings), used by everything here and by tests that need
-their own stdio (test_faults, test_load). ``run_cli`` runs it to the end on
-a whole stdin and keeps what it printed, for tests of one command's
-behaviour. ``run_processor`` reproduces each part of ``NewBinaryProcessor``
-so the contract tests can assert on digest, exit status, stderr, open
-descriptors, child processes and peak memory of one real run.
+``EROFS_SP_*`` settings); ``start`` starts it, for everything here and for
+tests that need stdio of their own (test_faults, test_load). ``run_cli``
+runs it to the end on a whole stdin and keeps what it printed, for tests of
+one command's behaviour. ``run_processor`` reproduces each part of
+``NewBinaryProcessor`` so the contract tests can assert on digest, exit
+status, stderr, open descriptors, child processes and peak memory of one
+real run.
 """
 
 from __future__ import annotations
@@ -100,6 +101,32 @@ def processor_env(
     return base
 
 
+def start(
+    argv: Sequence[str],
+    *,
+    stdin: int | None = subprocess.PIPE,
+    stdout: int | None = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+    media_type: str | None = None,
+    daemon_env: Mapping[str, str] | None = None,
+    cwd: Path | str = ROOT,
+    preexec_fn: Callable[[], None] | None = None,
+    close_fds: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (``processor_argv``, or a configured path and args) in ``processor_env``,
+    with stderr piped: every test's processor starts here."""
+    return subprocess.Popen(
+        argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        env=processor_env(env, media_type=media_type, daemon_env=daemon_env),
+        cwd=cwd,
+        preexec_fn=preexec_fn,
+        close_fds=close_fds,
+    )
+
+
 def run_cli(
     args: Sequence[str] = (),
     stdin: bytes = b"",
@@ -107,21 +134,22 @@ def run_cli(
     timeout: float = 60,
     *,
     as_limit: int | None = None,
+    interpreter: Sequence[str] = (),
     stdout: int = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``erofs-stream-processor args...`` on ``stdin`` to the end; keep its stdout and stderr.
 
     ``stdout=subprocess.DEVNULL`` discards a large output instead of keeping it.
     """
-    return subprocess.run(
-        processor_argv(args, as_limit=as_limit),
-        input=stdin,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        env=processor_env(env),
-        timeout=timeout,
-        cwd=ROOT,
-    )
+    argv = processor_argv(args, as_limit=as_limit, interpreter=interpreter)
+    with start(argv, stdout=stdout, env=env) as proc:
+        try:
+            out, err = proc.communicate(stdin, timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # ---------------------------------------------------------------- as containerd's differ
@@ -247,12 +275,11 @@ def run_processor(
             os.set_inheritable(PAYLOAD_FD, True)  # dup2(3, 3) would keep O_CLOEXEC
             os.closerange(PAYLOAD_FD + 1, 65536)
 
-    proc = subprocess.Popen(
+    proc = start(
         cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=processor_env(env, media_type=media_type, daemon_env=daemon_env),
+        env=env,
+        media_type=media_type,
+        daemon_env=daemon_env,
         cwd="/",  # where systemd starts containerd; imports must not rely on the cwd
         close_fds=preexec is None,
         preexec_fn=preexec,

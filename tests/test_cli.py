@@ -18,8 +18,8 @@ import zstandard
 from stream_processor import mediatypes as mt
 from stream_processor.cli import main
 from stream_processor.commands import decode as decode_command
-from tests.conftest import ROOT, mkfs_erofs
-from tests.processor import processor_argv, processor_env, run_cli
+from tests.conftest import mkfs_erofs
+from tests.processor import processor_argv, run_cli, start
 
 ENV = mt.ENV_MEDIA_TYPE
 
@@ -215,15 +215,7 @@ def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path)
     blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
     fed = blob[: 100 * 1024]
     log = tmp_path / "sp.log"
-    env = processor_env({"EROFS_SP_LOG_FILE": str(log)})
-    proc = subprocess.Popen(
-        processor_argv(["--threads", "1"]),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    proc = start(processor_argv(["--threads", "1"]), env={"EROFS_SP_LOG_FILE": str(log)})
     assert proc.stdin is not None
     proc.stdin.write(fed)
     proc.stdin.flush()
@@ -295,15 +287,9 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
     blob = zstandard.ZstdCompressor().compress(mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes())
-    env = processor_env({"EROFS_SP_LOG_FILE": str(tmp_path / "sp.log")})  # as configs set it
-    proc = subprocess.run(
-        processor_argv(interpreter=["-X", "importtime"]),
-        input=blob,
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
+    env = {"EROFS_SP_LOG_FILE": str(tmp_path / "sp.log")}  # as every generated config sets it
+    proc = run_cli([], blob, env, interpreter=["-X", "importtime"])
+    assert proc.returncode == 0, proc.stderr
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "stream_processor.decode" in imported
     assert not (tmp_path / "sp.log").exists()
@@ -328,15 +314,8 @@ def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
     image = mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes()
-    env = processor_env()
-    proc = subprocess.run(
-        processor_argv(interpreter=["-X", "importtime"]),
-        input=gzip.compress(image),
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
+    proc = run_cli([], gzip.compress(image), interpreter=["-X", "importtime"])
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout == image
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "stream_processor.gzip_codec" in imported
@@ -403,15 +382,8 @@ def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
 
 def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C: exit 130 and no stderr line (as before), and the object under --json."""
-    env = processor_env()
-    proc = subprocess.Popen(
-        processor_argv(["inspect", "--json", "-"]),
-        stdin=subprocess.PIPE,  # kept open and empty: inspect waits for the blob
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    # stdin kept open and empty: inspect waits for the blob
+    proc = start(processor_argv(["inspect", "--json", "-"]))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # past start-up: blocked reading the empty pipe
         if "pipe_read" in Path(f"/proc/{proc.pid}/wchan").read_text():

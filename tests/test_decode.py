@@ -83,7 +83,7 @@ def medium_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     "media_type",
     [
         mt.EROFS_LAYER_ZSTD,
-        "application/vnd.oci.image.layer.v1.erofs+zstd",
+        mt.OCI_LAYER_EROFS + "+zstd",
         mt.OCI_LAYER_TAR_ZSTD,
         None,
     ],
@@ -99,7 +99,7 @@ def test_zstd_routes_produce_the_image(erofs_bytes: bytes, media_type: str | Non
     "media_type",
     [
         mt.EROFS_LAYER_GZIP,
-        "application/vnd.oci.image.layer.v1.erofs+gzip",
+        mt.OCI_LAYER_EROFS + "+gzip",
         mt.OCI_LAYER_TAR_GZIP,
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
         None,

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests import _reliability_helpers as rh
-from tests.processor import ROOT, limit_address_space, processor_argv, processor_env
+from tests.processor import limit_address_space, processor_argv, start
 
 
 @dataclass
@@ -57,13 +57,11 @@ def _popen(
         if close_fd is not None:
             os.close(close_fd)
 
-    return subprocess.Popen(
+    return start(
         processor_argv(rh.decoder_args(media_type, *args)),
         stdin=stdin,
         stdout=stdout,
-        stderr=subprocess.PIPE,
-        env=processor_env(env),
-        cwd=ROOT,
+        env=env,
         preexec_fn=preexec,
         close_fds=fd3 is None,  # fd 3 must survive exec; Python's own fds are not inheritable
     )

@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 import zstandard
 
 from tests import _reliability_helpers as rh
-from tests.processor import ROOT, limit_address_space, processor_argv, processor_env
+from tests.processor import limit_address_space, processor_argv, start
 
 PAD = (4 << 30) + (3 << 20) + 12345  # past 2^32 by a few MiB and an odd tail
 STEP = 8 << 20
@@ -84,13 +83,10 @@ def decode_large(wrap: str, image: bytes, pad: int = PAD) -> LargeResult:
     in_r, in_w = _big_pipe()
     out_r, out_w = _big_pipe()
     started = time.monotonic()
-    proc = subprocess.Popen(
+    proc = start(
         processor_argv(rh.decoder_args(route, "--log-file", os.devnull)),
         stdin=in_r,
         stdout=out_w,
-        stderr=subprocess.PIPE,
-        env=processor_env(),
-        cwd=ROOT,
         preexec_fn=limit_address_space(),
     )
     os.close(in_r)

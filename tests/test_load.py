@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pytest
 import zstandard
 
 from tests import _reliability_helpers as rh
-from tests.processor import limit_address_space, processor_argv, processor_env
+from tests.processor import limit_address_space, processor_argv, start
 
 PARALLEL = 16
 
@@ -82,14 +81,11 @@ def parallel_decodes(work: Path, log_file: Path) -> LoadResult:
         cwd = work / f"cwd{i}"
         cwd.mkdir(exist_ok=True)
         procs.append(
-            subprocess.Popen(
+            start(
                 processor_argv(
                     rh.decoder_args(media_type, "--log-file", str(log_file), "--log-level", "info")
                 ),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=processor_env({"TMPDIR": str(tmpdir)}),
+                env={"TMPDIR": str(tmpdir)},
                 cwd=cwd,
                 preexec_fn=limit_address_space(),
             )
