@@ -42,7 +42,7 @@ if str(ROOT) not in sys.path:  # standalone use (fuzz harness, report script)
     sys.path.insert(0, str(ROOT))
 
 from stream_processor import mediatypes  # noqa: E402
-from tests.processor import AS_LIMIT, run_cli  # noqa: E402
+from tests.processor import AS_LIMIT, processor_env, run_cli  # noqa: E402
 
 ZSTD_ROUTE = mediatypes.EROFS_LAYER_ZSTD
 GZIP_ROUTE = mediatypes.EROFS_LAYER_GZIP
@@ -801,6 +801,31 @@ def fuzz_rss_limit_mb(budget_mb: int = 1024) -> int:
     """
     inherited = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     return inherited + budget_mb
+
+
+def run_atheris(
+    corpus_dir: Path, artifacts: Path, seconds: int, work: Path, *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """The coverage-guided fuzzer (``tests/fuzz/fuzz_decode.py``) for ``seconds`` on a corpus.
+
+    Findings land in ``artifacts``; ``work`` is where it builds its seed image.
+    """
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
+            f"-max_total_time={seconds}",
+            f"-artifact_prefix={artifacts}/",
+            f"-rss_limit_mb={fuzz_rss_limit_mb()}",
+            "-print_final_stats=1",
+            str(corpus_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=processor_env({"EROFS_SP_FUZZ_WORK": str(work)}),
+        cwd=ROOT,
+    )
 
 
 def decoder_args(media_type: str | None, *args: str) -> list[str]:

@@ -32,7 +32,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests import _reliability_helpers as rh  # noqa: E402
-from tests.processor import processor_env  # noqa: E402
 
 README = ROOT / "README.md"
 BEGIN, END = "<!-- BEGIN reliability -->", "<!-- END reliability -->"
@@ -340,20 +339,8 @@ def fuzz_row(seconds: int, work: Path) -> Row:
     corpus.write_corpus(corpus_dir, corpus.load_seeds(work / "seed-image"))
     artifacts = work / "findings"
     artifacts.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
-            f"-max_total_time={seconds}",
-            f"-artifact_prefix={artifacts}/",
-            f"-rss_limit_mb={rh.fuzz_rss_limit_mb()}",
-            str(corpus_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 300,
-        env=processor_env({"EROFS_SP_FUZZ_WORK": str(work / "seed-image")}),
-        cwd=ROOT,
+    proc = rh.run_atheris(
+        corpus_dir, artifacts, seconds, work / "seed-image", timeout=seconds + 300
     )
     runs = re.findall(r"Done (\d+) runs", proc.stderr)
     cov = re.findall(r"cov: (\d+)", proc.stderr)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +25,6 @@ from hypothesis import strategies as st
 from tests import _reliability_helpers as rh
 from tests.conftest import require_tool
 from tests.fuzz import seeds as corpus
-from tests.processor import ROOT, processor_env
 
 LIMIT = 64 << 20
 CLI_CASES_PER_CLASS = 10
@@ -368,21 +366,8 @@ def test_atheris_short_run(seeds: list[rh.Seed], tmp_path: Path) -> None:
     corpus.write_corpus(corpus_dir, seeds)
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
-            f"-max_total_time={FUZZ_SECONDS}",
-            f"-artifact_prefix={artifacts}/",
-            f"-rss_limit_mb={rh.fuzz_rss_limit_mb()}",
-            "-print_final_stats=1",
-            str(corpus_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=FUZZ_SECONDS + 120,
-        env=processor_env({"EROFS_SP_FUZZ_WORK": str(tmp_path / "work")}),
-        cwd=ROOT,
+    proc = rh.run_atheris(
+        corpus_dir, artifacts, FUZZ_SECONDS, tmp_path / "work", timeout=FUZZ_SECONDS + 120
     )
     found = sorted(p.name for p in artifacts.iterdir())
     assert proc.returncode == 0 and not found, (found, proc.stderr[-3000:])
