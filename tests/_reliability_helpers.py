@@ -733,6 +733,16 @@ def table_violation(
 
 
 @dataclass
+class FaultResult:
+    """What one fault run showed; ``problem`` is ``None`` when the behaviour is right."""
+
+    exit_code: int | None
+    seconds: float
+    stderr: str
+    problem: str | None = None
+
+
+@dataclass
 class Outcome:
     """How one decode ended."""
 

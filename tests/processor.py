@@ -183,6 +183,7 @@ class Observation:
     fds_mid_run: list[str] = field(default_factory=list)
     children_mid_run: list[int] = field(default_factory=list)
     closed_early: bool = False
+    seconds: float = 0.0  # from start to exit
     seconds_after_close: float = 0.0  # from closing the reader early to the process's end
     timed_out: bool = False
     pid: int = 0
@@ -259,6 +260,7 @@ def run_processor(
     """
     cmd = list(argv or processor_argv())
     obs = Observation(argv=cmd)
+    began = time.monotonic()
     payload_r = payload_w = -1
     preexec: Callable[[], None] | None = None
     if payload is not Payload.ABSENT:
@@ -369,6 +371,7 @@ def run_processor(
         if obs.closed_early and kill_on_close:
             _kill(proc, None)
         _, status, usage = os.wait4(proc.pid, 0)
+        obs.seconds = time.monotonic() - began
         if obs.closed_early:
             obs.seconds_after_close = time.monotonic() - closed
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -18,24 +18,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests import _reliability_helpers as rh
 from tests.processor import limit_address_space, processor_argv, start
-
-
-@dataclass
-class FaultResult:
-    """What one fault run showed; ``problem`` is ``None`` when the behaviour is right."""
-
-    exit_code: int | None
-    seconds: float
-    stderr: str
-    problem: str | None = None
 
 
 def _popen(
@@ -106,12 +94,12 @@ def _wait_for_sigterm_handler(pid: int, timeout: float = 20) -> None:
         time.sleep(0.02)
 
 
-def _finish(proc: subprocess.Popen[bytes], started: float, timeout: float) -> FaultResult:
+def _finish(proc: subprocess.Popen[bytes], started: float, timeout: float) -> rh.FaultResult:
     code = rh.wait_exit(proc, timeout)
     assert proc.stderr is not None
     stderr = proc.stderr.read().decode("utf-8", "replace")
     proc.stderr.close()
-    result = FaultResult(code, time.monotonic() - started, stderr)
+    result = rh.FaultResult(code, time.monotonic() - started, stderr)
     if code is None:
         result.problem = f"still running after {timeout} s (killed)"
     elif "Traceback" in stderr:
@@ -124,7 +112,7 @@ SIGTERM_WHEN = ("blocked reading stdin", "blocked writing stdout", "2-thread poo
 
 def sigterm_mid_stream(
     layers: rh.Layers, log_file: Path, when: str = SIGTERM_WHEN[0]
-) -> FaultResult:
+) -> rh.FaultResult:
     """SIGTERM while waiting for input, stuck on a full stdout, or with worker threads busy:
     exit 143 promptly and a log record says so."""
     in_r, in_w = os.pipe()
@@ -172,7 +160,7 @@ def sigterm_mid_stream(
     return result
 
 
-def stdout_on_full_disk(layers: rh.Layers) -> FaultResult:
+def stdout_on_full_disk(layers: rh.Layers) -> rh.FaultResult:
     """stdout is /dev/full (ENOSPC on every write): exit 74 with one clear line."""
     with open("/dev/full", "wb") as full:
         started = time.monotonic()
@@ -193,7 +181,7 @@ def stdout_on_full_disk(layers: rh.Layers) -> FaultResult:
 STDIN_FAULTS = ("write-only fd (EBADF)", "TCP reset mid-stream (ECONNRESET)", "closed")
 
 
-def stdin_unreadable(layers: rh.Layers, kind: str, tmp: Path) -> FaultResult:
+def stdin_unreadable(layers: rh.Layers, kind: str, tmp: Path) -> rh.FaultResult:
     """Reading stdin fails (EBADF, ECONNRESET) or stdin is closed: exit 74 with one line."""
     started = time.monotonic()
     peer: socket.socket | None = None
@@ -233,7 +221,7 @@ def stdin_unreadable(layers: rh.Layers, kind: str, tmp: Path) -> FaultResult:
     return result
 
 
-def stdin_is_directory(tmp: Path) -> FaultResult:
+def stdin_is_directory(tmp: Path) -> rh.FaultResult:
     """stdin is a directory: CPython itself refuses to start ("<stdin> is a directory").
 
     The interpreter checks this in ``init_sys_streams`` before any of the
@@ -253,7 +241,7 @@ def stdin_is_directory(tmp: Path) -> FaultResult:
     return result
 
 
-def stdout_not_open(layers: rh.Layers) -> FaultResult:
+def stdout_not_open(layers: rh.Layers) -> rh.FaultResult:
     started = time.monotonic()
     proc = _popen(rh.ZSTD_ROUTE, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fd=1)
     assert proc.stdin is not None
@@ -279,7 +267,7 @@ LOG_FAULTS = (
 )
 
 
-def log_unwritable(layers: rh.Layers, kind: str, tmp: Path) -> FaultResult:
+def log_unwritable(layers: rh.Layers, kind: str, tmp: Path) -> rh.FaultResult:
     """The log file cannot be written: the decode still succeeds; stderr says logging is off.
 
     With a corrupt layer the decode fails as it would anyway (exit 65, its own
@@ -302,8 +290,8 @@ def log_unwritable(layers: rh.Layers, kind: str, tmp: Path) -> FaultResult:
             data, rh.ZSTD_ROUTE, "--log-file", str(path), "--log-level", "info", timeout=10
         )
     except subprocess.TimeoutExpired:
-        return FaultResult(None, 10.0, "", "hung on the log file (killed after 10 s)")
-    result = FaultResult(outcome.exit_code, outcome.seconds, outcome.stderr)
+        return rh.FaultResult(None, 10.0, "", "hung on the log file (killed after 10 s)")
+    result = rh.FaultResult(outcome.exit_code, outcome.seconds, outcome.stderr)
     lines = outcome.stderr_lines
     if "Traceback" in outcome.stderr:
         result.problem = "traceback"
@@ -327,7 +315,7 @@ FD3_KINDS = (
 )
 
 
-def fd3_hostile(layers: rh.Layers, kind: str, tmp: Path) -> FaultResult:
+def fd3_hostile(layers: rh.Layers, kind: str, tmp: Path) -> rh.FaultResult:
     """fd 3 holds something unexpected or huge: bounded read or ignored, never a hang."""
     stop = threading.Event()
     writer: threading.Thread | None = None
@@ -395,7 +383,7 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> rh.Layers:
     return rh.make_layers(tmp_path_factory.mktemp("fault-layers"))
 
 
-def _ok(result: FaultResult) -> None:
+def _ok(result: rh.FaultResult) -> None:
     assert result.problem is None, result
 
 
@@ -429,29 +417,3 @@ def test_log_unwritable(layers: rh.Layers, kind: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", FD3_KINDS)
 def test_fd3_hostile(layers: rh.Layers, kind: str, tmp_path: Path) -> None:
     _ok(fd3_hostile(layers, kind, tmp_path))
-
-
-ALL_FAULTS: dict[str, Callable[[rh.Layers, Path], list[FaultResult]]] = {
-    "SIGTERM mid-stream: reading, stuck writing, 2-thread pool up (exit 143 < 2 s, log record)": (
-        lambda lay, tmp: [
-            sigterm_mid_stream(lay, tmp / f"term{i}.log", w) for i, w in enumerate(SIGTERM_WHEN)
-        ]
-    ),
-    "stdout on a full disk, /dev/full (exit 74, one line)": lambda lay, tmp: [
-        stdout_on_full_disk(lay)
-    ],
-    "stdin read error: write-only fd, TCP reset, closed (exit 74)": lambda lay, tmp: [
-        stdin_unreadable(lay, k, tmp) for k in STDIN_FAULTS
-    ],
-    "stdin is a directory (CPython refuses at start-up: exit 1)": lambda lay, tmp: [
-        stdin_is_directory(tmp)
-    ],
-    "stdout not open (exit 74)": lambda lay, tmp: [stdout_not_open(lay)],
-    "log file unwritable: dir missing, a directory, /dev/full, reader-less FIFO (exit 0); "
-    "dir missing + corrupt layer (exit 65)": lambda lay, tmp: [
-        log_unwritable(lay, k, tmp) for k in LOG_FAULTS
-    ],
-    "fd 3: 256 MiB pipe, endless socket, 8 GiB file, /dev/zero": lambda lay, tmp: [
-        fd3_hostile(lay, k, tmp) for k in FD3_KINDS
-    ],
-}
