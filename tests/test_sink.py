@@ -174,16 +174,25 @@ def test_ring_waits_for_a_slow_reader(tmp_path: Path) -> None:
     reader = threading.Thread(target=slow_reader)
     reader.start()
     sink = HoldbackSink(w, background=True)
-    data = _pattern(8 * RING)
-    owners = _lend_and_fill(sink, data, 128 * 1024)
+    data = _pattern(8 << 20)
+    ring = sink.buffer(1).obj
+    lent_elsewhere = 0
+    step = 128 * 1024
+    for at in range(0, len(data), step):
+        region = sink.buffer(step)
+        lent_elsewhere += region.obj is not ring
+        region[:] = data[at : at + len(region)]
+        sink.write(region)
+        if len(region) < step:
+            sink.write(data[at + len(region) : at + step])
     sink.release()
     os.close(w)
     reader.join()
     os.close(r)
-    # Eight rings' worth went through one ring and never through fresh memory (what
-    # ``buffer`` lends when it will not wait), so ``buffer`` waited for the writer
-    # thread each time the ring was full; and no byte was overwritten before it left.
-    assert bytes(received) == data and _one_ring(owners)
+    # 8 MiB through a 1 MiB ring to a reader far slower than the loop: the ring was full
+    # of unwritten bytes many times, and each time ``buffer`` waited for the writer
+    # rather than lend fresh memory.
+    assert bytes(received) == data and lent_elsewhere == 0
 
 
 def test_a_region_lent_again_before_it_was_written_is_reused(tmp_path: Path) -> None:
