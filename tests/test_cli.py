@@ -256,29 +256,6 @@ def test_records_keep_their_fields_without_structlog(erofs_bytes: bytes, tmp_pat
     )
 
 
-def test_log_record_rendering() -> None:
-    from stream_processor import log
-
-    fields: dict[str, object] = {
-        "reason": 'bad "x" = y\nz',
-        "n": 3,
-        "f": 0.5,
-        "none": None,
-        "notes": ["a", 'b"'],
-        "ok": True,
-    }
-    line = log.render("json", "error", "decode_failed", fields, 0.25)
-    assert json.loads(line) == {
-        "timestamp": "1970-01-01T00:00:00.250000Z",
-        "level": "error",
-        "event": "decode_failed",
-        **fields,
-    }
-    assert log.render("logfmt", "info", "e", {"reason": 'a "b"', "x": None}, 0.0) == (
-        'timestamp=1970-01-01T00:00:00.000000Z level=info event=e reason="a \\"b\\"" x='
-    )
-
-
 def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> None:
     """What every layer's start-up must not pay for (issue 12): argparse, the log module
     without a record to write, hashlib without a frame to hash, structlog, a thread pool,
@@ -345,16 +322,6 @@ def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
     assert "stream_processor.gzip_codec" in imported
     for name in ("zstandard", "stream_processor.zstd_codec", "stream_processor.zstd_parallel"):
         assert name not in imported, name
-
-
-def test_log_constants_match() -> None:
-    from stream_processor import log
-
-    assert decode_command.ENV_LOG_FILE == log.ENV_FILE
-    assert decode_command.ENV_LOG_FORMAT == log.ENV_FORMAT
-    assert decode_command.ENV_LOG_LEVEL == log.ENV_LEVEL
-    assert decode_command.LOG_FORMATS == log.FORMATS
-    assert decode_command.LOG_LEVELS == log.CHOICES
 
 
 # -- issue 13: under --json a failure is also a JSON object (cli.main, for every command) -----

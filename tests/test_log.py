@@ -2,8 +2,8 @@
 
 Records are read back with the stdlib ``json`` parser (what a log shipper
 does); the logfmt rules are structlog's ``LogfmtRenderer``'s, which this
-module replaced. The decode command's records through the CLI are
-test_cli's and test_contract's.
+module replaced (test_log_record_rendering came from test_cli). The decode
+command's records through the CLI are test_cli's and test_contract's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from stream_processor.log import LogConfig, render, write_record
+from stream_processor.commands import decode as decode_command
+from stream_processor.log import (
+    CHOICES,
+    ENV_FILE,
+    ENV_FORMAT,
+    ENV_LEVEL,
+    FORMATS,
+    LogConfig,
+    render,
+    write_record,
+)
 from stream_processor.mediatypes import EROFS_LAYER_ZSTD
 
 NOW = 1_700_000_000.123456
@@ -70,6 +80,27 @@ def test_json_record_keeps_order_and_types() -> None:
         "frames": [1, 2, None],
         "path": "/var/log/sp.log",
     }
+
+
+def test_log_record_rendering() -> None:
+    fields: dict[str, object] = {
+        "reason": 'bad "x" = y\nz',
+        "n": 3,
+        "f": 0.5,
+        "none": None,
+        "notes": ["a", 'b"'],
+        "ok": True,
+    }
+    line = render("json", "error", "decode_failed", fields, 0.25)
+    assert json.loads(line) == {
+        "timestamp": "1970-01-01T00:00:00.250000Z",
+        "level": "error",
+        "event": "decode_failed",
+        **fields,
+    }
+    assert render("logfmt", "info", "e", {"reason": 'a "b"', "x": None}, 0.0) == (
+        'timestamp=1970-01-01T00:00:00.000000Z level=info event=e reason="a \\"b\\"" x='
+    )
 
 
 def test_json_strings_are_escaped_ascii() -> None:
@@ -191,3 +222,12 @@ def test_a_full_disk_turns_logging_off(capsys: pytest.CaptureFixture[str]) -> No
     assert capsys.readouterr().err == (
         "erofs-stream-processor: logging is off: cannot write /dev/full: No space left on device\n"
     )
+
+
+def test_log_constants_match() -> None:
+    """The decode command names the log settings without importing this module (start-up)."""
+    assert decode_command.ENV_LOG_FILE == ENV_FILE
+    assert decode_command.ENV_LOG_FORMAT == ENV_FORMAT
+    assert decode_command.ENV_LOG_LEVEL == ENV_LEVEL
+    assert decode_command.LOG_FORMATS == FORMATS
+    assert decode_command.LOG_LEVELS == CHOICES
