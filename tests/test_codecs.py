@@ -60,7 +60,11 @@ def test_detect_reads_the_magic(
     assert detect(memoryview(head)) is expected
 
 
-@pytest.mark.parametrize("compression", list(Compression))
+@pytest.mark.parametrize(
+    "compression",
+    [Compression.ZSTD, Compression.GZIP, Compression.NONE],
+    ids=["zstd", "gzip", "none"],
+)
 def test_decoder_for_each_compression_gives_the_image(
     erofs_bytes: bytes, source_of: SourceOf, compression: Compression
 ) -> None:
@@ -109,7 +113,7 @@ def test_a_codec_is_imported_only_when_chosen(
         "from stream_processor.codecs import decoder\n"
         "from stream_processor.mediatypes import Compression\n"
         "from stream_processor.source import Source\n"
-        f"decoder(Compression.{compression.name}, Source(0), max_window_size=1 << 27)\n"
+        f"decoder(Compression.{compression.value.upper()}, Source(0), max_window_size=1 << 27)\n"
         f"print(' '.join(m for m in {(loaded, *absent)!r} if m in sys.modules))\n"
     )
     proc = subprocess.run(
