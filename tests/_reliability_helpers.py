@@ -15,7 +15,9 @@ Three things live here so that the tests, ``tests/fuzz/fuzz_decode.py`` and
   decodes to, and that output is a sound EROFS image (or, on the shared
   route, a tar). Any other outcome must be a ``DataError`` with one line.
 
-Nothing imitates the format: every image comes from real ``mkfs.erofs``.
+The processor itself is started by ``tests.processor`` (``run_decoder`` adds
+the address-space cap and the ``Outcome``). Nothing imitates the format:
+every image comes from real ``mkfs.erofs``.
 """
 
 from __future__ import annotations

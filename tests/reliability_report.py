@@ -3,7 +3,8 @@
 Usage: ``python tests/reliability_report.py [--quick] [--fuzz-seconds N] [--no-readme]``
 
 It runs the same code the tests assert (``_reliability_helpers``,
-``test_faults``, ``test_load``, ``test_large_image``, the atheris harness)
+``test_faults``, ``test_contract``'s fd 3 and early-close checks,
+``test_load``, ``test_large_image``, the atheris harness)
 on real ``mkfs.erofs`` layers, counts the cases and their outcomes per class
 of fault or bad input, prints a Markdown table, and writes it into README.md
 between ``<!-- BEGIN reliability -->`` and ``<!-- END reliability -->``, so
