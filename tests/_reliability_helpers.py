@@ -15,7 +15,9 @@ Three things live here so that the tests, ``tests/fuzz/fuzz_decode.py`` and
   decodes to, and that output is a sound EROFS image (or, on the shared
   route, a tar). Any other outcome must be a ``DataError`` with one line.
 
-Nothing imitates the format: every image comes from real ``mkfs.erofs``.
+The processor itself is started by ``tests.processor`` (``run_decoder`` adds
+the address-space cap and the ``Outcome``). Nothing imitates the format:
+every image comes from real ``mkfs.erofs``.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ if str(ROOT) not in sys.path:  # standalone use (fuzz harness, report script)
     sys.path.insert(0, str(ROOT))
 
 from stream_processor import mediatypes  # noqa: E402
+from tests.processor import AS_LIMIT, processor_env, run_cli  # noqa: E402
 
 ZSTD_ROUTE = mediatypes.EROFS_LAYER_ZSTD
 GZIP_ROUTE = mediatypes.EROFS_LAYER_GZIP
@@ -51,7 +54,6 @@ TAR_GZIP_ROUTE = mediatypes.OCI_LAYER_TAR_GZIP
 SHARED_ROUTES = frozenset({TAR_ZSTD_ROUTE, TAR_GZIP_ROUTE})
 
 EXIT_OK, EXIT_DATA, EXIT_IO, EXIT_SIGPIPE, EXIT_SIGTERM = 0, 65, 74, 141, 143
-AS_LIMIT = 1 << 30  # address-space cap for every decoder subprocess: 1 GiB
 SUBPROCESS_TIMEOUT = 30.0
 
 SKIPPABLE_TABLE_MAGIC = 0x184D2A50
@@ -77,6 +79,26 @@ def make_image(workdir: Path, scale: int = 1) -> bytes:
             make_tree(tree, scale)
         mkfs_erofs(tree, image)
     return image.read_bytes()
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Layers that keep the decoder busy long enough to meet a fault (faults, contract)."""
+
+    image: bytes  # a raw mkfs.erofs image
+    zstd: bytes  # that image as one zstd frame
+    padded_zstd: bytes  # the image + 256 MiB of zeros (output flows long before the end)
+    many_frames: bytes  # the image + 2 GiB of zeros as 64 frames of 32 MiB (parallel path)
+
+
+def make_layers(work: Path) -> Layers:
+    image = make_image(work)
+    comp = zstandard.ZstdCompressor(level=1, write_checksum=True).compressobj()
+    padded = comp.compress(image) + b"".join(comp.compress(bytes(1 << 24)) for _ in range(16))
+    cctx = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
+    frame = 32 << 20
+    many = cctx.compress(image + bytes(frame - len(image))) + cctx.compress(bytes(frame)) * 63
+    return Layers(image, zstd_frame(image), padded + comp.flush(), many)
 
 
 def make_tar(workdir: Path) -> bytes:
@@ -713,6 +735,16 @@ def table_violation(
 
 
 @dataclass
+class FaultResult:
+    """What one fault run showed; ``problem`` is ``None`` when the behaviour is right."""
+
+    exit_code: int | None
+    seconds: float
+    stderr: str
+    problem: str | None = None
+
+
+@dataclass
 class Outcome:
     """How one decode ended."""
 
@@ -783,44 +815,37 @@ def fuzz_rss_limit_mb(budget_mb: int = 1024) -> int:
     return inherited + budget_mb
 
 
-def limit_address_space(limit: int = AS_LIMIT) -> Callable[[], None]:
-    """A ``preexec_fn`` capping the child's address space (a hostile layer cannot eat the node).
+def run_atheris(
+    corpus_dir: Path, artifacts: Path, seconds: int, work: Path, *, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """The coverage-guided fuzzer (``tests/fuzz/fuzz_decode.py``) for ``seconds`` on a corpus.
 
-    Only for processes started from a single-threaded parent: ``preexec_fn``
-    is not safe while other threads run (it crashed pytest once, in
-    ``judge``'s thread pool). Threaded callers use ``address_space_prefix``.
+    Findings land in ``artifacts``; ``work`` is where it builds its seed image.
     """
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-    return apply
-
-
-def address_space_prefix(limit: int = AS_LIMIT) -> list[str]:
-    """The same cap as ``limit_address_space``, applied by util-linux ``prlimit`` before exec."""
-    return ["prlimit", f"--as={limit}", "--"]
-
-
-def processor_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("STREAM_PROCESSOR_MEDIATYPE", "EROFS_SP_LOG_FILE", "EROFS_SP_DEBUG")
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra or {})
-    return env
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
+            f"-max_total_time={seconds}",
+            f"-artifact_prefix={artifacts}/",
+            f"-rss_limit_mb={fuzz_rss_limit_mb()}",
+            "-print_final_stats=1",
+            str(corpus_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=processor_env({"EROFS_SP_FUZZ_WORK": str(work)}),
+        cwd=ROOT,
+    )
 
 
-def processor_cmd(media_type: str | None, *args: str) -> list[str]:
-    cmd = [sys.executable, "-m", "stream_processor", *args]
-    if media_type is not None:
-        cmd += ["--media-type", media_type]
-    return cmd
+def decoder_args(media_type: str | None, *args: str) -> list[str]:
+    """The decoder's arguments, the media type given as ``--media-type`` when there is one."""
+    return [*args, "--media-type", media_type] if media_type is not None else list(args)
 
 
-def run_processor(
+def run_decoder(
     data: bytes,
     media_type: str | None,
     *args: str,
@@ -829,19 +854,18 @@ def run_processor(
     as_limit: int = AS_LIMIT,
     stdout: int = subprocess.PIPE,
 ) -> Outcome:
-    """Run the CLI as containerd would, under an address-space limit and a timeout.
+    """Decode ``data`` through the CLI under an address-space limit and a timeout.
 
     ``stdout=subprocess.DEVNULL`` discards a large output instead of keeping it.
     """
     started = time.monotonic()
-    proc = subprocess.run(
-        [*address_space_prefix(as_limit), *processor_cmd(media_type, *args)],
-        input=data,
+    proc = run_cli(
+        decoder_args(media_type, *args),
+        data,
+        env,
+        timeout,
+        as_limit=as_limit,
         stdout=stdout,
-        stderr=subprocess.PIPE,
-        env=processor_env(env),
-        timeout=timeout,
-        cwd=ROOT,
     )
     return Outcome(
         proc.returncode,

@@ -1,4 +1,4 @@
-"""Shared fixtures: real EROFS images made by mkfs.erofs, and a way to run the CLI.
+"""Shared fixtures: real EROFS images made by mkfs.erofs (the CLI runs through tests.processor).
 
 Nothing here imitates the format: every image comes from Debian's erofs-utils.
 """
@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
+
+from stream_processor.source import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED_UUID = "6e2c7f3a-1b1d-4c55-9a57-3f7c6a1d2e10"
@@ -119,20 +122,18 @@ def erofs_bytes(erofs_image: Path) -> bytes:
     return erofs_image.read_bytes()
 
 
-def run_cli(
-    args: Sequence[str] = (),
-    stdin: bytes = b"",
-    env: Mapping[str, str] | None = None,
-    timeout: float = 60,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``python -m stream_processor`` as a separate process, as containerd would."""
-    full_env = {k: v for k, v in os.environ.items() if k != "STREAM_PROCESSOR_MEDIATYPE"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "stream_processor", *args],
-        input=stdin,
-        capture_output=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+@pytest.fixture
+def source_of() -> Iterator[Callable[[bytes], Source]]:
+    """Make a ``Source`` reading given bytes from a real file descriptor (closed afterwards)."""
+    files: list[IO[bytes]] = []
+
+    def make(data: bytes) -> Source:
+        f = tempfile.TemporaryFile()  # noqa: SIM115 - closed at teardown
+        files.append(f)
+        f.write(data)
+        f.seek(0)
+        return Source(f.fileno())
+
+    yield make
+    for f in files:
+        f.close()

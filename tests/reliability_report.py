@@ -3,7 +3,8 @@
 Usage: ``python tests/reliability_report.py [--quick] [--fuzz-seconds N] [--no-readme]``
 
 It runs the same code the tests assert (``_reliability_helpers``,
-``test_faults``, ``test_load``, ``test_large_image``, the atheris harness)
+``test_faults``, ``test_contract``'s fd 3 and early-close checks,
+``test_load``, ``test_large_image``, the atheris harness)
 on real ``mkfs.erofs`` layers, counts the cases and their outcomes per class
 of fault or bad input, prints a Markdown table, and writes it into README.md
 between ``<!-- BEGIN reliability -->`` and ``<!-- END reliability -->``, so
@@ -57,7 +58,7 @@ def _fmt_s(seconds: float) -> str:
 def seeds_row(seeds: list[rh.Seed]) -> Row:
     bad, slowest = 0, 0.0
     for seed in seeds:
-        out = rh.run_processor(seed.data, seed.media_type)
+        out = rh.run_decoder(seed.data, seed.media_type)
         slowest = max(slowest, out.seconds)
         bad += out.exit_code != 0 or out.stdout != seed.expected or bool(out.stderr)
     names = ", ".join(s.name for s in seeds)
@@ -96,7 +97,7 @@ def mutation_rows(seeds: list[rh.Seed], cli_per_class: int, inproc_per_class: in
 
         def judge(case: tuple[rh.Seed, bytes]) -> tuple[int, float, str | None]:
             seed, data = case
-            out = rh.run_processor(data, seed.media_type)
+            out = rh.run_decoder(data, seed.media_type)
             return out.exit_code, out.seconds, rh.cli_violation(out, seed.media_type, data, None)
 
         with ThreadPoolExecutor(2) as pool:
@@ -214,7 +215,7 @@ def degenerate_row(seeds: list[rh.Seed], count: int = 100_000) -> Row:
     layers = rh.degenerate_layers(image, count)
     for _name, (route, data) in layers.items():
         for threads in ("1", "2"):
-            out = rh.run_processor(data, route, "--threads", threads, timeout=300)
+            out = rh.run_decoder(data, route, "--threads", threads, timeout=300)
             failures += out.exit_code != rh.EXIT_DATA or len(out.stderr_lines) != 1
             slowest = max(slowest, out.seconds)
     return Row(
@@ -270,11 +271,46 @@ def regression_row() -> Row:
 
 
 def fault_rows(work: Path) -> list[Row]:
+    from tests import test_contract as tc
     from tests import test_faults as tf
+    from tests.processor import Payload
 
-    layers = tf.make_layers(work / "faults")
+    faults: dict[str, Callable[[rh.Layers, Path], list[rh.FaultResult]]] = {
+        "reader closes stdout early, 1 and 2 threads (exit 141, quiet, < 3 s)": lambda lay, tmp: [
+            tc.reader_leaves(lay.padded_zstd, "1"),
+            tc.reader_leaves(lay.many_frames, "2"),
+        ],
+        "SIGTERM mid-stream: reading, stuck writing, 2-thread pool up "
+        "(exit 143 < 2 s, log record)": (
+            lambda lay, tmp: [
+                tf.sigterm_mid_stream(lay, tmp / f"term{i}.log", w)
+                for i, w in enumerate(tf.SIGTERM_WHEN)
+            ]
+        ),
+        "stdout on a full disk, /dev/full (exit 74, one line)": lambda lay, tmp: [
+            tf.stdout_on_full_disk(lay)
+        ],
+        "stdin read error: write-only fd, TCP reset, closed (exit 74)": lambda lay, tmp: [
+            tf.stdin_unreadable(lay, k, tmp) for k in tf.STDIN_FAULTS
+        ],
+        "stdin is a directory (CPython refuses at start-up: exit 1)": lambda lay, tmp: [
+            tf.stdin_is_directory(tmp)
+        ],
+        "stdout not open (exit 74)": lambda lay, tmp: [tf.stdout_not_open(lay)],
+        "log file unwritable: dir missing, a directory, /dev/full, reader-less FIFO (exit 0); "
+        "dir missing + corrupt layer (exit 65)": lambda lay, tmp: [
+            tf.log_unwritable(lay, k, tmp) for k in tf.LOG_FAULTS
+        ],
+        "fd 3: 256 MiB pipe, silent pipe, endless socket, 8 GiB file, /dev/zero": lambda lay, tmp: [
+            tf.fd3_hostile(lay, tf.FD3_KINDS[0], tmp),
+            tc.decode_beside_fd3(lay.zstd, lay.image, Payload.HELD, tmp / "fd3.log"),
+            *(tf.fd3_hostile(lay, k, tmp) for k in tf.FD3_KINDS[1:]),
+        ],
+    }
+
+    layers = rh.make_layers(work / "faults")
     rows = []
-    for name, run in tf.ALL_FAULTS.items():
+    for name, run in faults.items():
         sub = Path(tempfile.mkdtemp(dir=work))
         results = run(layers, sub)
         slowest = max(r.seconds for r in results)
@@ -339,20 +375,8 @@ def fuzz_row(seconds: int, work: Path) -> Row:
     corpus.write_corpus(corpus_dir, corpus.load_seeds(work / "seed-image"))
     artifacts = work / "findings"
     artifacts.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
-            f"-max_total_time={seconds}",
-            f"-artifact_prefix={artifacts}/",
-            f"-rss_limit_mb={rh.fuzz_rss_limit_mb()}",
-            str(corpus_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 300,
-        env=rh.processor_env({"EROFS_SP_FUZZ_WORK": str(work / "seed-image")}),
-        cwd=ROOT,
+    proc = rh.run_atheris(
+        corpus_dir, artifacts, seconds, work / "seed-image", timeout=seconds + 300
     )
     runs = re.findall(r"Done (\d+) runs", proc.stderr)
     cov = re.findall(r"cov: (\d+)", proc.stderr)

@@ -1,4 +1,5 @@
-"""The command line as containerd and people use it: exit codes, stderr, logs, fd 3, SIGPIPE."""
+"""The command line as people use it: exit codes, stderr, logs (fd 3 and a reader that
+closes early are containerd's contract: test_contract)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,9 +19,10 @@ import zstandard
 from stream_processor import mediatypes as mt
 from stream_processor.cli import main
 from stream_processor.commands import decode as decode_command
-from tests.conftest import ROOT, make_tree, mkfs_erofs, run_cli
+from tests.conftest import ROOT, mkfs_erofs
+from tests.processor import processor_argv, run_cli, start
 
-ENV = "STREAM_PROCESSOR_MEDIATYPE"
+ENV = mt.ENV_MEDIA_TYPE
 
 
 def test_help_and_version() -> None:
@@ -114,95 +115,6 @@ def test_unwritable_log_never_fails_the_decode(erofs_bytes: bytes, tmp_path: Pat
     proc = run_cli(["--log-file", str(missing), "--log-level", "info"], stdin=blob)
     assert proc.returncode == 0 and proc.stdout == erofs_bytes
     assert b"logging is off" in proc.stderr and len(proc.stderr.splitlines()) == 1
-
-
-def _spawn() -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env[ENV] = mt.EROFS_LAYER_ZSTD
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream_processor"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
-
-
-def _run_with_fd3(blob: bytes, fd3: int, log: Path) -> subprocess.CompletedProcess[bytes]:
-    """Run the processor with ``fd3`` moved to its descriptor 3, as containerd passes a payload."""
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env["EROFS_SP_LOG_LEVEL"] = "info"
-    script = f'exec 3<&{fd3} {fd3}<&-; exec "$0" "$@"'
-    return subprocess.run(
-        ["bash", "-c", script, sys.executable, "-m", "stream_processor", "--log-file", str(log)],
-        input=blob,
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        pass_fds=(fd3,),
-        timeout=30,
-    )
-
-
-def test_fd3_payload_present_is_drained_and_ignored(erofs_bytes: bytes, tmp_path: Path) -> None:
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    payload = b"\x0a\x04test payload"
-    r, w = os.pipe()
-    os.write(w, payload)
-    os.close(w)
-    proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
-    os.close(r)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes and proc.stderr == b""
-    record = json.loads((tmp_path / "sp.log").read_text())
-    assert record["fd3_payload_bytes"] in (0, len(payload))  # drained off the main thread
-
-
-def test_fd3_open_but_never_written_does_not_block(erofs_bytes: bytes, tmp_path: Path) -> None:
-    """containerd's writer may still hold the pipe open: the decode must not wait for it."""
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    r, w = os.pipe()
-    try:
-        proc = _run_with_fd3(blob, r, tmp_path / "sp.log")
-    finally:
-        os.close(r)
-        os.close(w)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes
-    assert json.loads((tmp_path / "sp.log").read_text())["fd3_payload_bytes"] == 0
-
-
-def test_fd3_absent(erofs_bytes: bytes) -> None:
-    blob = zstandard.ZstdCompressor().compress(erofs_bytes)
-    proc = run_cli(stdin=blob)
-    assert proc.returncode == 0 and proc.stdout == erofs_bytes
-
-
-def test_reader_closing_early_ends_quietly(tmp_path: Path) -> None:
-    image = tmp_path / "img.erofs"
-    tree = make_tree(tmp_path / "tree", scale=1)
-    (tree / "big").write_bytes(os.urandom(8 << 20))
-    mkfs_erofs(tree, image)
-    blob = zstandard.ZstdCompressor(level=1).compress(image.read_bytes())
-    proc = _spawn()
-    assert proc.stdin and proc.stdout and proc.stderr
-
-    def feed() -> None:
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(blob)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-
-    writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
-    proc.stdout.read(32 * 1024)
-    proc.stdout.close()
-    started = time.monotonic()
-    code = proc.wait(timeout=30)
-    assert time.monotonic() - started < 10
-    assert code == 128 + signal.SIGPIPE
-    assert proc.stderr.read() == b""
 
 
 # -- issue 13: unknown commands, help COMMAND, log levels, honest byte counts ----------
@@ -304,16 +216,7 @@ def test_sigterm_record_counts_what_was_read(erofs_bytes: bytes, tmp_path: Path)
     blob = zstandard.ZstdCompressor(level=1).compress(os.urandom(1 << 20))
     fed = blob[: 100 * 1024]
     log = tmp_path / "sp.log"
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    env["EROFS_SP_LOG_FILE"] = str(log)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_processor", "--threads", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    proc = start(processor_argv(["--threads", "1"]), env={"EROFS_SP_LOG_FILE": str(log)})
     assert proc.stdin is not None
     proc.stdin.write(fed)
     proc.stdin.flush()
@@ -350,29 +253,6 @@ def test_records_keep_their_fields_without_structlog(erofs_bytes: bytes, tmp_pat
     assert record["bytes_out"] == len(erofs_bytes) and record["bytes_in"] == len(blob)
     assert logfmt_line.startswith("timestamp=") and " level=info event=decoded reason= " in (
         logfmt_line
-    )
-
-
-def test_log_record_rendering() -> None:
-    from stream_processor import log
-
-    fields: dict[str, object] = {
-        "reason": 'bad "x" = y\nz',
-        "n": 3,
-        "f": 0.5,
-        "none": None,
-        "notes": ["a", 'b"'],
-        "ok": True,
-    }
-    line = log.render("json", "error", "decode_failed", fields, 0.25)
-    assert json.loads(line) == {
-        "timestamp": "1970-01-01T00:00:00.250000Z",
-        "level": "error",
-        "event": "decode_failed",
-        **fields,
-    }
-    assert log.render("logfmt", "info", "e", {"reason": 'a "b"', "x": None}, 0.0) == (
-        'timestamp=1970-01-01T00:00:00.000000Z level=info event=e reason="a \\"b\\"" x='
     )
 
 
@@ -435,30 +315,13 @@ def test_gzip_decode_imports_no_zstd(tmp_path: Path) -> None:
     tree.mkdir()
     (tree / "hello").write_text("hello\n")
     image = mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "stream_processor"],
-        input=gzip.compress(image),
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
+    proc = run_cli([], gzip.compress(image), interpreter=["-X", "importtime"])
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout == image
     imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()}
     assert "stream_processor.gzip_codec" in imported
     for name in ("zstandard", "stream_processor.zstd_codec", "stream_processor.zstd_parallel"):
         assert name not in imported, name
-
-
-def test_log_constants_match() -> None:
-    from stream_processor import log
-
-    assert decode_command.ENV_LOG_FILE == log.ENV_FILE
-    assert decode_command.ENV_LOG_FORMAT == log.ENV_FORMAT
-    assert decode_command.ENV_LOG_LEVEL == log.ENV_LEVEL
-    assert decode_command.LOG_FORMATS == log.FORMATS
-    assert decode_command.LOG_LEVELS == log.CHOICES
 
 
 # -- issue 13: under --json a failure is also a JSON object (cli.main, for every command) -----
@@ -510,15 +373,8 @@ def test_decode_has_no_json_and_prints_none(erofs_bytes: bytes) -> None:
 
 def test_json_object_after_ctrl_c(tmp_path: Path) -> None:
     """Ctrl-C: exit 130 and no stderr line (as before), and the object under --json."""
-    env = {k: v for k, v in os.environ.items() if k != ENV}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream_processor", "inspect", "--json", "-"],
-        stdin=subprocess.PIPE,  # kept open and empty: inspect waits for the blob
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    # stdin kept open and empty: inspect waits for the blob
+    proc = start(processor_argv(["inspect", "--json", "-"]))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # past start-up: blocked reading the empty pipe
         if "pipe_read" in Path(f"/proc/{proc.pid}/wchan").read_text():

@@ -33,9 +33,10 @@ from stream_processor.containerd import (
 )
 from stream_processor.containerd import merge as cm
 from tests.builders import DISABLED_PLUGINS, write_wrapper
-from tests.conftest import ROOT, run_cli, tar_mode_mkfs
+from tests.conftest import ROOT, tar_mode_mkfs
 from tests.daemon_helpers import BIN_ENV, stop_daemon, wait_until_ready
 from tests.daemon_helpers import CONTAINERD_21_BIN as BIN_21
+from tests.processor import run_cli
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="containerd needs root")
 HOST = platforms.host_platform()

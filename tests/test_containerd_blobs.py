@@ -29,8 +29,9 @@ import pytest
 import zstandard
 
 from stream_processor import dmverity, seekable
-from tests.conftest import make_tree, mkfs_erofs, require_tool, run_cli
+from tests.conftest import make_tree, mkfs_erofs, require_tool
 from tests.containerd_reader import containerd_read
+from tests.processor import run_cli
 
 CHUNK = 4 << 20  # containerd's default chunk size
 SKIPPABLE = 0x184D2A50

@@ -24,7 +24,8 @@ from stream_processor.containerd import (
     render,
     versions,
 )
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
+from tests.processor import run_cli
 
 CONFIG_DIR = ROOT / "config"
 TAR_ZSTD = mediatypes.OCI_LAYER_TAR_ZSTD

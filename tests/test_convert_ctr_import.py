@@ -21,8 +21,8 @@ import pytest
 
 from stream_processor.mediatypes import EROFS_LAYER_ZSTD
 from tests.builders import rich_tree
-from tests.conftest import run_cli
 from tests.oci_builder import Image, build_layout, tar_tree
+from tests.processor import run_cli
 
 pytestmark = [
     pytest.mark.daemon,

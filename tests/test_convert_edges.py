@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 from tests.oci_builder import Image, archive_layout, build_layout, tar_tree
+from tests.processor import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
 

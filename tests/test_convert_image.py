@@ -33,7 +33,7 @@ from tests.builders import (
     tar_bytes,
     without_origin,
 )
-from tests.conftest import require_tool, run_cli, tar_mode_mkfs
+from tests.conftest import require_tool, tar_mode_mkfs
 from tests.oci_builder import (
     Image,
     archive_layout,
@@ -43,6 +43,7 @@ from tests.oci_builder import (
     snapshot,
     tar_tree,
 )
+from tests.processor import run_cli
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="converting keeps owners: needs root")
 

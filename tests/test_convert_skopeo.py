@@ -18,8 +18,8 @@ import pytest
 
 from stream_processor import mediatypes
 from tests.builders import rich_tree
-from tests.conftest import run_cli
 from tests.oci_builder import Image, build_layout, tar_tree
+from tests.processor import run_cli
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the source tree has owners and devices: root"),

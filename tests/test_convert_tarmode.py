@@ -35,8 +35,9 @@ from tests.builders import (
     tar_bytes,
     without_origin,
 )
-from tests.conftest import ROOT, run_cli, tar_mode_mkfs
+from tests.conftest import ROOT, tar_mode_mkfs
 from tests.oci_builder import Image, build_layout, expected_layer, snapshot, tar_tree
+from tests.processor import run_cli
 
 UUID = layer_uuid("sha256:" + "0" * 64)
 

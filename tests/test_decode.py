@@ -21,7 +21,8 @@ import zstandard
 
 from stream_processor import mediatypes as mt
 from tests.builders import patch_superblock
-from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool, run_cli
+from tests.conftest import ROOT, make_tree, mkfs_erofs, require_tool
+from tests.processor import run_cli
 
 ENV = "STREAM_PROCESSOR_MEDIATYPE"
 
@@ -82,7 +83,7 @@ def medium_image(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     "media_type",
     [
         mt.EROFS_LAYER_ZSTD,
-        "application/vnd.oci.image.layer.v1.erofs+zstd",
+        mt.OCI_LAYER_EROFS + "+zstd",
         mt.OCI_LAYER_TAR_ZSTD,
         None,
     ],
@@ -98,7 +99,7 @@ def test_zstd_routes_produce_the_image(erofs_bytes: bytes, media_type: str | Non
     "media_type",
     [
         mt.EROFS_LAYER_GZIP,
-        "application/vnd.oci.image.layer.v1.erofs+gzip",
+        mt.OCI_LAYER_EROFS + "+gzip",
         mt.OCI_LAYER_TAR_GZIP,
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
         None,

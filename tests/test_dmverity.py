@@ -36,8 +36,8 @@ import pytest
 
 from stream_processor import dmverity, seekable
 from tests.builders import pack_bytes
-from tests.conftest import run_cli
 from tests.containerd_reader import RefusedByReader, containerd_read, skippable_payload
+from tests.processor import run_cli
 
 
 def verity_payload(blob: bytes, annotations: dict[str, str]) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def test_seed_names_cover_every_wrapping(seeds: list[rh.Seed]) -> None:
 @pytest.mark.parametrize("name", _SEED_NAMES)
 def test_every_seed_decodes_exactly_under_a_memory_limit(seeds: list[rh.Seed], name: str) -> None:
     seed = _by_name(seeds, name)
-    outcome = rh.run_processor(seed.data, seed.media_type)
+    outcome = rh.run_decoder(seed.data, seed.media_type)
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout == seed.expected
     assert outcome.stderr == ""
@@ -72,7 +71,7 @@ def test_every_seed_decodes_exactly_under_a_memory_limit(seeds: list[rh.Seed], n
 def test_seed_image_passes_fsck(seeds: list[rh.Seed], tmp_path: Path) -> None:
     require_tool("fsck.erofs")
     image = tmp_path / "out.erofs"
-    image.write_bytes(rh.run_processor(_by_name(seeds, "zstd-chunked").data, rh.ZSTD_ROUTE).stdout)
+    image.write_bytes(rh.run_decoder(_by_name(seeds, "zstd-chunked").data, rh.ZSTD_ROUTE).stdout)
     subprocess.run(["fsck.erofs", str(image)], check=True, capture_output=True)
 
 
@@ -104,7 +103,7 @@ def test_cli_truncations_of_a_chunked_layer(seeds: list[rh.Seed]) -> None:
 
     def judge(cut: int) -> str | None:
         data = seed.data[:cut]
-        outcome = rh.run_processor(data, seed.media_type)
+        outcome = rh.run_decoder(data, seed.media_type)
         if outcome.exit_code == 0:
             return None if outcome.stdout == seed.expected else f"cut {cut}: wrong output"
         problem = rh.cli_violation(outcome, seed.media_type, data, None)
@@ -196,7 +195,7 @@ def test_cli_mutations_exit_65_with_one_line(seeds: list[rh.Seed]) -> None:
 
     def judge(case: tuple[str, rh.Seed, bytes]) -> str | None:
         klass, seed, data = case
-        outcome = rh.run_processor(data, seed.media_type)
+        outcome = rh.run_decoder(data, seed.media_type)
         problem = rh.cli_violation(outcome, seed.media_type, data, None)
         if problem is None and outcome.seconds > 10:
             problem = f"took {outcome.seconds:.1f} s"
@@ -233,7 +232,7 @@ def test_decompression_bomb_is_refused_within_memory(seeds: list[rh.Seed], wrap:
         data += comp.flush()
         route = rh.GZIP_ROUTE
     assert len(data) < 2 << 20
-    outcome = rh.run_processor(data, route, "--max-output-bytes", "256MiB", as_limit=512 << 20)
+    outcome = rh.run_decoder(data, route, "--max-output-bytes", "256MiB", as_limit=512 << 20)
     assert outcome.exit_code == rh.EXIT_DATA, outcome.stderr
     assert "decompression bomb" in outcome.stderr
     assert len(outcome.stderr_lines) == 1
@@ -246,7 +245,7 @@ def test_huge_window_frame_is_refused(seeds: list[rh.Seed]) -> None:
     comp = zstandard.ZstdCompressor(compression_params=params).compressobj()
     data = comp.compress(image) + comp.flush()  # no content size: the window descriptor rules
     assert zstandard.get_frame_parameters(data).window_size == 1 << 31
-    outcome = rh.run_processor(data, rh.ZSTD_ROUTE, as_limit=512 << 20)
+    outcome = rh.run_decoder(data, rh.ZSTD_ROUTE, as_limit=512 << 20)
     assert outcome.exit_code == rh.EXIT_DATA, outcome.stderr
     assert "window" in outcome.stderr
     assert len(outcome.stderr_lines) == 1
@@ -276,9 +275,7 @@ def test_forged_superblocks_never_buffer_the_stream(seeds: list[rh.Seed]) -> Non
         # One compressor per call: ZstdCompressor objects must not be shared between threads.
         head_cctx = zstandard.ZstdCompressor(level=1, write_checksum=True)
         data = head_cctx.compress(rh.forge_superblock(image, at, fmt, value)) + tail
-        outcome = rh.run_processor(
-            data, rh.ZSTD_ROUTE, as_limit=512 << 20, stdout=subprocess.DEVNULL
-        )
+        outcome = rh.run_decoder(data, rh.ZSTD_ROUTE, as_limit=512 << 20, stdout=subprocess.DEVNULL)
         if outcome.exit_code not in (rh.EXIT_OK, rh.EXIT_DATA) or "Traceback" in outcome.stderr:
             return f"{label}: exit {outcome.exit_code}: {outcome.stderr.strip()}"
         if outcome.exit_code == rh.EXIT_DATA and len(outcome.stderr_lines) != 1:
@@ -298,7 +295,7 @@ def test_gzip_header_forgeries(seeds: list[rh.Seed]) -> None:
     cases = rh.gzip_header_forgeries(image)
     assert len(cases) == rh.GZIP_HEADER_FORGERIES
     for name, (data, valid) in cases.items():
-        outcome = rh.run_processor(data, rh.GZIP_ROUTE, as_limit=512 << 20, timeout=60)
+        outcome = rh.run_decoder(data, rh.GZIP_ROUTE, as_limit=512 << 20, timeout=60)
         if valid:
             right = outcome.exit_code == 0 and outcome.stdout == image
         else:
@@ -317,7 +314,7 @@ def test_few_empty_frames_decode(seeds: list[rh.Seed], threads: str) -> None:
     """1 000 empty frames / members / skippable frames are legal and decode exactly."""
     image = _by_name(seeds, "raw").data
     for name, (route, data) in rh.degenerate_layers(image, 1_000).items():
-        outcome = rh.run_processor(data, route, "--threads", threads)
+        outcome = rh.run_decoder(data, route, "--threads", threads)
         assert outcome.exit_code == 0, (name, outcome.stderr)
         assert outcome.stdout == image, name
 
@@ -332,7 +329,7 @@ def test_framing_bombs_are_refused_at_once(seeds: list[rh.Seed], threads: str) -
     """
     image = _by_name(seeds, "raw").data
     for name, (route, data) in rh.degenerate_layers(image, 20_000).items():
-        outcome = rh.run_processor(data, route, "--threads", threads)
+        outcome = rh.run_decoder(data, route, "--threads", threads)
         assert outcome.exit_code == rh.EXIT_DATA, (name, outcome.stderr)
         assert outcome.stderr_lines and "empty or tiny" in outcome.stderr_lines[0], name
         assert len(outcome.stderr_lines) == 1 and outcome.stdout != image, name
@@ -352,7 +349,7 @@ def test_big_frames_on_many_threads_stay_within_memory(seeds: list[rh.Seed]) -> 
     cctx = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=True)
     first = cctx.compress(image + bytes((64 << 20) - len(image)))
     data = first + cctx.compress(bytes(64 << 20)) * 9
-    outcome = rh.run_processor(
+    outcome = rh.run_decoder(
         data, rh.ZSTD_ROUTE, "--threads", "16", as_limit=1 << 30, stdout=subprocess.DEVNULL
     )
     assert "MemoryError" not in outcome.stderr, (
@@ -369,21 +366,8 @@ def test_atheris_short_run(seeds: list[rh.Seed], tmp_path: Path) -> None:
     corpus.write_corpus(corpus_dir, seeds)
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(rh.ROOT / "tests" / "fuzz" / "fuzz_decode.py"),
-            f"-max_total_time={FUZZ_SECONDS}",
-            f"-artifact_prefix={artifacts}/",
-            f"-rss_limit_mb={rh.fuzz_rss_limit_mb()}",
-            "-print_final_stats=1",
-            str(corpus_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=FUZZ_SECONDS + 120,
-        env=rh.processor_env({"EROFS_SP_FUZZ_WORK": str(tmp_path / "work")}),
-        cwd=rh.ROOT,
+    proc = rh.run_atheris(
+        corpus_dir, artifacts, FUZZ_SECONDS, tmp_path / "work", timeout=FUZZ_SECONDS + 120
     )
     found = sorted(p.name for p in artifacts.iterdir())
     assert proc.returncode == 0 and not found, (found, proc.stderr[-3000:])

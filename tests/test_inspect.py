@@ -15,7 +15,8 @@ from stream_processor.inspection import format_table, inspect_path
 from stream_processor.mediatypes import OCI_LAYER_TAR_ZSTD, Compression
 from stream_processor.pack import PackResult
 from tests.builders import CHUNK, assemble, pack_bytes, split
-from tests.conftest import FIXED_UUID, run_cli
+from tests.conftest import FIXED_UUID
+from tests.processor import run_cli
 
 
 def inspect_json(blob: bytes, *extra: str) -> tuple[int, dict[str, Any], str]:

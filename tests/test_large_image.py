@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 import zstandard
 
 from tests import _reliability_helpers as rh
+from tests.processor import limit_address_space, processor_argv, start
 
 PAD = (4 << 30) + (3 << 20) + 12345  # past 2^32 by a few MiB and an odd tail
 STEP = 8 << 20
@@ -83,14 +83,11 @@ def decode_large(wrap: str, image: bytes, pad: int = PAD) -> LargeResult:
     in_r, in_w = _big_pipe()
     out_r, out_w = _big_pipe()
     started = time.monotonic()
-    proc = subprocess.Popen(
-        rh.processor_cmd(route, "--log-file", os.devnull),
+    proc = start(
+        processor_argv(rh.decoder_args(route, "--log-file", os.devnull)),
         stdin=in_r,
         stdout=out_w,
-        stderr=subprocess.PIPE,
-        env=rh.processor_env(),
-        cwd=rh.ROOT,
-        preexec_fn=rh.limit_address_space(),
+        preexec_fn=limit_address_space(),
     )
     os.close(in_r)
     os.close(out_w)
@@ -175,7 +172,7 @@ def test_huge_image_claim_with_short_data_is_refused(image: bytes, tmp_path: Pat
     forged = bytearray(image)
     forged[rh.SB_OFFSET + 0x24 : rh.SB_OFFSET + 0x28] = b"\xff\xff\xff\xff"
     rh.reseal(forged)
-    outcome = rh.run_processor(rh.zstd_frame(bytes(forged)), rh.ZSTD_ROUTE)
+    outcome = rh.run_decoder(rh.zstd_frame(bytes(forged)), rh.ZSTD_ROUTE)
     assert outcome.exit_code == rh.EXIT_DATA
     assert "truncated EROFS image" in outcome.stderr
     assert len(outcome.stderr_lines) == 1

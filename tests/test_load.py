@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pytest
 import zstandard
 
 from tests import _reliability_helpers as rh
+from tests.processor import limit_address_space, processor_argv, start
 
 PARALLEL = 16
 
@@ -81,14 +81,13 @@ def parallel_decodes(work: Path, log_file: Path) -> LoadResult:
         cwd = work / f"cwd{i}"
         cwd.mkdir(exist_ok=True)
         procs.append(
-            subprocess.Popen(
-                rh.processor_cmd(media_type, "--log-file", str(log_file), "--log-level", "info"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=rh.processor_env({"TMPDIR": str(tmpdir)}),
+            start(
+                processor_argv(
+                    rh.decoder_args(media_type, "--log-file", str(log_file), "--log-level", "info")
+                ),
+                env={"TMPDIR": str(tmpdir)},
                 cwd=cwd,
-                preexec_fn=rh.limit_address_space(),
+                preexec_fn=limit_address_space(),
             )
         )
 
@@ -136,7 +135,7 @@ def test_sixteen_parallel_decodes_share_one_log(tmp_path: Path) -> None:
 def test_records_are_single_appends(tmp_path: Path) -> None:
     """A failed run appends exactly one whole JSON line (one write, newline included)."""
     log_file = tmp_path / "one.log"
-    outcome = rh.run_processor(
+    outcome = rh.run_decoder(
         b"\x28\xb5\x2f\xfd" + os.urandom(64),
         rh.ZSTD_ROUTE,
         "--log-file",

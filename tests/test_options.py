@@ -1,7 +1,8 @@
 """``commands._options`` and ``sizes``: one definition of what pack and convert accept.
 
-The values are checked here directly, and through the CLI in test_pack.py and
-test_convert_edges.py; the size formatting also through the decoder's window message.
+The values are checked here directly, and through the CLI: the decoder's size options
+here, pack's and convert's in test_pack.py and test_convert_edges.py; the size
+formatting also through the decoder's window message.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from stream_processor.commands._options import (
 from stream_processor.errors import UsageError
 from stream_processor.mediatypes import Compression
 from stream_processor.sizes import human
-from tests.conftest import run_cli
+from tests.processor import run_cli
 
 
 @pytest.mark.parametrize(
@@ -63,6 +64,27 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_errors(text: str, message: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-output-bytes", "lots"], "argument --max-output-bytes: not a size: 'lots'"),
+        (["--max-output-bytes="], "argument --max-output-bytes: not a size: ''"),
+        (["--max-window-size", "0"], "argument --max-window-size: size must be positive: '0'"),
+        (["--max-output-bytes=-4K"], "argument --max-output-bytes: size must be positive: '-4K'"),
+        (["decode", "--max-window-size", "1.5M"], "argument --max-window-size: not a size: '1.5M'"),
+    ],
+)
+def test_parse_size_errors_through_the_cli(args: list[str], message: str, tmp_path: Path) -> None:
+    """The decoder's own size options (fast path and ``decode`` alike): a usage error in one
+    line, exit 2, nothing on stdout, nothing written."""
+    proc = run_cli(args, b"not read", env={"EROFS_SP_LOG_FILE": str(tmp_path / "sp.log")})
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        f"erofs-stream-processor: {message} (see 'erofs-stream-processor --help')"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_thread_counts() -> None:

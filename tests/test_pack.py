@@ -39,8 +39,8 @@ from tests.conftest import (
     make_tree,
     mkfs_erofs,
     require_tool,
-    run_cli,
 )
+from tests.processor import run_cli
 
 LAYOUTS = {
     # name: (pack CLI options, media type, stock decoder command)

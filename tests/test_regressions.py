@@ -34,7 +34,7 @@ def test_every_file_is_described() -> None:
 def test_regression(name: str) -> None:
     case = manifest()[name]
     data = (HERE / name).read_bytes()
-    outcome = rh.run_processor(data, case["media_type"])
+    outcome = rh.run_decoder(data, case["media_type"])
     assert "Traceback" not in outcome.stderr
     assert outcome.exit_code == case["exit"], outcome.stderr
     if case["exit"] != rh.EXIT_OK:

@@ -28,7 +28,7 @@ from stream_processor.errors import DataError
 from stream_processor.mediatypes import EROFS_LAYER_ZSTD, OCI_LAYER_TAR_ZSTD
 from stream_processor.pack import PackResult
 from tests.builders import CHUNK, assemble, pack_bytes, split
-from tests.conftest import run_cli
+from tests.processor import run_cli
 
 
 def table_for(frames: list[bytes], size: int, chunk: int = CHUNK) -> bytes:

@@ -109,17 +109,26 @@ def test_background_write_errors_stop_the_decode(
     os.close(fd)
 
 
-def _lend_and_fill(sink: HoldbackSink, data: bytes, step: int) -> None:
+def _lend_and_fill(sink: HoldbackSink, data: bytes, step: int) -> list[object]:
     """Write ``data`` the way the zstd decoder does: fill a region lent by ``buffer``,
-    then write the filled part of it."""
+    then write the filled part of it. Returns the memory each lent region belongs to."""
+    owners: list[object] = []
     for at in range(0, len(data), step):
         piece = data[at : at + step]
         region = sink.buffer(len(piece))
+        owners.append(region.obj)
         n = min(len(region), len(piece))
         region[:n] = piece[:n]
         sink.write(region[:n])
         if n < len(piece):
             sink.write(piece[n:])
+    return owners
+
+
+def _one_ring(owners: list[object]) -> bool:
+    """Every region was lent from one reused buffer of ``RING`` bytes: the sink's ring."""
+    ring = owners[0]
+    return isinstance(ring, bytearray) and len(ring) == RING and all(o is ring for o in owners)
 
 
 def _pattern(size: int) -> bytes:
@@ -138,12 +147,12 @@ def test_ring_keeps_bytes_order_and_tail(
     writers = _writing_threads(monkeypatch, fd)
     sink = HoldbackSink(fd, background=background)
     data = _pattern(5 << 20)
-    _lend_and_fill(sink, data, step)
+    owners = _lend_and_fill(sink, data, step)
     deadline = time.monotonic() + 10
-    while sink._ring_in_flight and time.monotonic() < deadline:
-        time.sleep(0.01)  # let the writer thread write what it was handed
+    while sink.written == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)  # let the writer thread write some of what it was handed
     assert 0 < out.stat().st_size <= len(data) - DEFAULT_HOLD
-    assert sink._ring is not None
+    assert _one_ring(owners)  # the decoder filled the sink's own ring, over and over
     # every write so far by the writer thread (background) or by the caller (not)
     assert {t is threading.current_thread() for t in writers} == {not background}
     sink.release()

@@ -87,7 +87,7 @@ def test_48bit_image_claiming_more_blocks_is_truncated_for_the_decoder(
     erofs_bytes: bytes,
 ) -> None:
     from stream_processor import mediatypes as mt
-    from tests.conftest import run_cli
+    from tests.processor import run_cli
 
     plain = sb.parse(erofs_bytes)
     forged = patch_superblock(erofs_bytes, 0x70, "<Q", plain.root_nid, fix_checksum=False)

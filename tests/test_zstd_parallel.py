@@ -23,7 +23,7 @@ from stream_processor.zstd_parallel import (
     ParallelDecoder,
     decode_zstd_parallel,
 )
-from tests.conftest import run_cli
+from tests.processor import run_cli
 
 
 def frames_of(data: bytes, size: int, *, content_size: bool = True) -> list[bytes]:
