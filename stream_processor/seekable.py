@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from stream_processor.dmverity import ImageSpool, Superblock
+    from stream_processor.zstd_codec import SkippableFrame
 
 SKIPPABLE_TABLE_MAGIC = SKIPPABLE_MAGIC  # the table is written with the first skippable magic
 TABLE_MAGIC = 0xCDE4EC67
@@ -404,7 +405,6 @@ class ChunkTableVerifier:
         self.skipped: list[tuple[int, int, str]] = []  # (offset, size, what)
         self.notes = notes if notes is not None else []
         self.verified = False
-        self._what = "unknown"
         # dm-verity frame: its superblock is always checked (cheap); with a spool of
         # the image (--verify-dm-verity) the whole tree is recomputed in ``finish``.
         self.spool = spool
@@ -431,48 +431,65 @@ class ChunkTableVerifier:
         return int(_FRAME.unpack_from(self._frames, index * _FRAME.size)[0])
 
     # -- FrameObserver -------------------------------------------------------------
-    def digest_algorithm(self, content_size: int | None) -> str | None:
-        # Every frame, whatever it declares: a chunk need not declare its size, and
-        # a frame that is not a chunk fails the table's count or sizes anyway.
-        return "sha512" if self.hash_frames else None
-
-    def frame_start(self, index: int, offset: int, content_size: int | None) -> None:
+    def frame_start(self, index: int, offset: int) -> str | None:
         if index >= MAX_TRACKED_FRAMES:
             self.overflow = True
-            return
-        self._frames += _FRAME.pack(offset, -1, -1, 0)
-        self.hashed.append(0)
+        else:
+            self._frames += _FRAME.pack(offset, -1, -1, 0)
+            self.hashed.append(0)
+        # Every frame is hashed, whatever it declares: a chunk need not declare its size,
+        # and a frame that is not a chunk fails the table's count or sizes anyway.
+        return "sha512" if self.hash_frames else None
 
-    def frame_digest(self, index: int, digest: bytes) -> None:
-        if index < self.frame_count:
+    def frame_end(
+        self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+    ) -> None:
+        if index >= self.frame_count:
+            return
+        at = index * _FRAME.size
+        if digest is not None:
             if self._chain is None:
                 import hashlib
 
                 self._chain = hashlib.sha256()
             self._chain.update(digest)
-            _FINGERPRINT.pack_into(self._frames, index * _FRAME.size + 24, _fingerprint(digest))
+            _FINGERPRINT.pack_into(self._frames, at + 24, _fingerprint(digest))
             self.hashed[index] = 1
+        _END_AND_SIZE.pack_into(self._frames, at + 8, end_offset, decompressed_size)
 
-    def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None:
-        if index < self.frame_count:
-            _END_AND_SIZE.pack_into(
-                self._frames, index * _FRAME.size + 8, end_offset, decompressed_size
-            )
-
-    def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
-        self._what = describe_skippable(magic, head)
+    def skippable(self, frame: SkippableFrame) -> None:
+        # A frame that is not read is skipped before it is recorded: a truncated one is
+        # refused, not listed.
+        offset, size, head = frame.offset, frame.size, frame.head
+        what = describe_skippable(frame.magic, head)
         if head.startswith(VERITY_SIGNATURE):
-            return self._verity_frame(offset, size, head)
+            self._verity_frame(offset, size, head)
+            if self.spool is not None:  # the tree is recomputed in ``finish``
+                self.verity_payload = frame.payload()
+            else:
+                frame.skip()
+            self.skipped.append((offset, size, what))
+            return
         if not is_table_payload(head):
-            return False
+            frame.skip()
+            self.skipped.append((offset, size, what))
+            self.notes.append(f"skipped {what} in a skippable frame at offset {offset}")
+            return
         if size > TABLE_PAYLOAD_LIMIT:
             raise DataError(
                 f"chunk table: the table at offset {offset} declares {size} bytes, more than "
                 f"the {TABLE_PAYLOAD_LIMIT} any real layer needs"
             )
-        return True
+        payload = frame.payload()
+        if self.table is not None:
+            raise DataError(
+                f"chunk table: a second chunk table at offset {offset} "
+                f"(the first is at {self.table_offset})"
+            )
+        self.table = parse_table(payload)
+        self.table_offset = offset
 
-    def _verity_frame(self, offset: int, size: int, head: bytes) -> bool:
+    def _verity_frame(self, offset: int, size: int, head: bytes) -> None:
         from stream_processor.dmverity import parse_superblock
 
         if self.verity is not None:
@@ -483,24 +500,6 @@ class ChunkTableVerifier:
         self.verity = parse_superblock(head)
         self.verity_offset = offset
         self.verity_size = size
-        return self.spool is not None
-
-    def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
-        if offset == self.verity_offset:
-            self.verity_payload = payload
-            self.skipped.append((offset, size, self._what))
-            return
-        if payload is None:
-            self.skipped.append((offset, size, self._what))
-            self.notes.append(f"skipped {self._what} in a skippable frame at offset {offset}")
-            return
-        if self.table is not None:
-            raise DataError(
-                f"chunk table: a second chunk table at offset {offset} "
-                f"(the first is at {self.table_offset})"
-            )
-        self.table = parse_table(payload)
-        self.table_offset = offset
 
     def finish(self, total_out: int, end_offset: int) -> None:
         if self.table is not None:

@@ -43,21 +43,24 @@ if TYPE_CHECKING:
     from typing import IO, Protocol, TypeAlias
 
     class FrameObserver(Protocol):
-        """Told about the framing as it streams by (the chunk-table verifier is one)."""
+        """Told about the framing as it streams by: the chunk-table verifier is the one.
 
-        def digest_algorithm(self, content_size: int | None) -> str | None:
-            """A ``hashlib`` name to hash this frame's compressed bytes with, or None."""
+        Calls are per frame, never per block: ``frame_start`` and ``frame_end`` for each
+        data frame in stream order (even when frames decode on several threads),
+        ``skippable`` for each skippable frame, ``finish`` once the stream ended cleanly.
+        """
+
+        def frame_start(self, index: int, offset: int) -> str | None:
+            """A data frame begins; a ``hashlib`` name to hash its compressed bytes with."""
             ...
 
-        def frame_start(self, index: int, offset: int, content_size: int | None) -> None: ...
+        def frame_end(
+            self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+        ) -> None: ...
 
-        def frame_digest(self, index: int, digest: bytes) -> None: ...
-
-        def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None: ...
-
-        def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool: ...
-
-        def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None: ...
+        def skippable(self, frame: SkippableFrame) -> None:
+            """Read ``frame.payload()`` or ``frame.skip()`` it; the decoder skips it if neither."""
+            ...
 
         def finish(self, total_out: int, end_offset: int) -> None: ...
 
@@ -186,33 +189,65 @@ def read_skippable(
     stats.skippable_frames += 1
     if len(stats.skippable) < MAX_RECORDED_OFFSETS:
         stats.skippable.append((magic, offset, size))
-    payload: bytes | None = None
+    frame = SkippableFrame(src, magic, offset, size)
     if observer is not None:
-        first = bytes(src.peek(min(size, 512)))  # a dm-verity superblock is 512
-        if observer.wants_payload(magic, offset, size, first):
-            if size > SKIPPABLE_PAYLOAD_LIMIT:
-                raise DataError(
-                    f"zstd: skippable frame at offset {offset} declares {size} bytes, "
-                    f"more than the {SKIPPABLE_PAYLOAD_LIMIT} this decoder reads"
-                )
-            parts = []
-            left = size
-            while left:
-                part = src.take(min(left, src.capacity // 2))
-                if not part:
-                    break
-                parts.append(bytes(part))
-                left -= len(part)
-            payload = b"".join(parts)
-            if len(payload) < size:
-                raise DataError(
-                    f"zstd: skippable frame at offset {offset} is truncated "
-                    f"({len(payload)} of {size} bytes)"
-                )
-    if payload is None and src.skip(size) < size:
-        raise DataError(f"zstd: skippable frame at offset {offset} is truncated")
-    if observer is not None:
-        observer.skippable(magic, offset, size, payload)
+        observer.skippable(frame)
+    frame.skip()
+
+
+class SkippableFrame:
+    """A skippable frame whose 8-byte header has been read: the observer reads its payload
+    (``payload``, bounded) or skips it; ``head`` shows its first bytes to decide by."""
+
+    __slots__ = ("_consumed", "_head", "_src", "magic", "offset", "size")
+
+    def __init__(self, src: Source, magic: int, offset: int, size: int) -> None:
+        self._src = src
+        self._head: bytes | None = None
+        self.magic = magic
+        self.offset = offset
+        self.size = size
+        self._consumed = False
+
+    @property
+    def head(self) -> bytes:
+        """The payload's first bytes (up to 512: a dm-verity superblock), nothing consumed."""
+        if self._head is None:
+            self._head = bytes(self._src.peek(min(self.size, 512)))
+        return self._head
+
+    def payload(self) -> bytes:
+        """Consume the whole payload; ``DataError`` if it is too large or truncated."""
+        src, offset, size = self._src, self.offset, self.size
+        if size > SKIPPABLE_PAYLOAD_LIMIT:
+            raise DataError(
+                f"zstd: skippable frame at offset {offset} declares {size} bytes, "
+                f"more than the {SKIPPABLE_PAYLOAD_LIMIT} this decoder reads"
+            )
+        self._consumed = True
+        parts = []
+        left = size
+        while left:
+            part = src.take(min(left, src.capacity // 2))
+            if not part:
+                break
+            parts.append(bytes(part))
+            left -= len(part)
+        payload = b"".join(parts)
+        if len(payload) < size:
+            raise DataError(
+                f"zstd: skippable frame at offset {offset} is truncated "
+                f"({len(payload)} of {size} bytes)"
+            )
+        return payload
+
+    def skip(self) -> None:
+        """Consume the payload unread (nothing if it was consumed); ``DataError`` if truncated."""
+        if self._consumed:
+            return
+        self._consumed = True
+        if self._src.skip(self.size) < self.size:
+            raise DataError(f"zstd: skippable frame at offset {self.offset} is truncated")
 
 
 class FrameHeader:
@@ -406,8 +441,7 @@ def decode_frame(
     offset, content_size = header.offset, header.content_size
     hasher = None
     if observer is not None:
-        observer.frame_start(index, offset, content_size)
-        algorithm = observer.digest_algorithm(content_size)
+        algorithm = observer.frame_start(index, offset)
         if algorithm is not None:
             import hashlib  # only when a frame is hashed: loading OpenSSL costs every layer ~3 ms
 
@@ -437,6 +471,5 @@ def decode_frame(
             f"zstd: frame at offset {offset} declares {content_size} bytes but holds {produced}"
         )
     if observer is not None:
-        if hasher is not None:
-            observer.frame_digest(index, hasher.digest())
-        observer.frame_end(index, src.position, produced)
+        digest = hasher.digest() if hasher is not None else None
+        observer.frame_end(index, src.position, produced, digest)

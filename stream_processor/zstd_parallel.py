@@ -19,9 +19,9 @@ appears.
 
 The observer (the chunk-table verifier) sees the same calls as on the
 streaming path; the frame's SHA-512 is computed on the worker thread with the
-decompression, and ``frame_digest``/``frame_end`` are reported in stream
-order. ``observer.finish`` runs before this generator ends, so a table
-mismatch is raised before the caller releases its held-back output.
+decompression, and ``frame_end`` (with it) is reported in stream order.
+``observer.finish`` runs before this generator ends, so a table mismatch is
+raised before the caller releases its held-back output.
 """
 
 from __future__ import annotations
@@ -272,8 +272,7 @@ class ParallelDecoder:
         data = read_whole_frame(self.src, header, compressed_bound(header.content_size))
         algorithm = None
         if self.observer is not None:
-            self.observer.frame_start(self.stats.frames, header.offset, header.content_size)
-            algorithm = self.observer.digest_algorithm(header.content_size)
+            algorithm = self.observer.frame_start(self.stats.frames, header.offset)
         job = _Job(
             self.stats.frames,
             header.offset,
@@ -311,9 +310,7 @@ class ParallelDecoder:
             self.pending_bytes -= job.content_size
             job.data = bytearray()
             if self.observer is not None:
-                if digest is not None:
-                    self.observer.frame_digest(job.index, digest)
-                self.observer.frame_end(job.index, job.end_offset, len(out))
+                self.observer.frame_end(job.index, job.end_offset, len(out), digest)
             self.stats.out_bytes += len(out)
             yield out
 
