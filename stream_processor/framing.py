@@ -48,6 +48,15 @@ class ZstdStats:
         self.frames += 1
 
 
+class GzipStats:
+    """What the gzip decoder saw."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.backend = ""
+        self.out_bytes = 0
+
+
 def check_frame_budget(
     frames: int, total_out: int, offset: int, codec: str = "zstd", unit: str = "frames"
 ) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, cast
 
 from stream_processor.errors import DataError
 from stream_processor.framing import GZIP_MAGIC, check_frame_budget
+from stream_processor.framing import GzipStats as GzipStats  # the codec's stats, from here too
 from stream_processor.source import Source
 
 IN_STEP = 256 * 1024
@@ -73,15 +74,6 @@ def _backend() -> tuple[Callable[[], _Decompressor], type[Exception], str]:
         return _ZlibMember, zlib.error, "zlib"
     error = cast(type[Exception], igzip_lib.IsalError)
     return (lambda: igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)), error, "isal"
-
-
-class GzipStats:
-    """What the decoder saw."""
-
-    def __init__(self) -> None:
-        self.members = 0
-        self.backend = ""
-        self.out_bytes = 0
 
 
 def decode_gzip(src: Source, stats: GzipStats | None = None) -> Iterator[bytes]:

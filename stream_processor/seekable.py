@@ -394,6 +394,7 @@ class ChunkTableVerifier:
         notes: list[str] | None = None,
         spool: ImageSpool | None = None,
         hash_frames: bool = True,
+        keep_errors: bool = False,
     ) -> None:
         self._frames = bytearray()  # a ``_FRAME`` record per frame seen
         self.hashed = bytearray()  # per frame: 1 once its digest was recorded
@@ -405,6 +406,11 @@ class ChunkTableVerifier:
         self.skipped: list[tuple[int, int, str]] = []  # (offset, size, what)
         self.notes = notes if notes is not None else []
         self.verified = False
+        # With ``keep_errors`` (inspect) a table or dm-verity mismatch found by ``finish``
+        # is recorded here instead of raised: a damaged blob is described, not refused.
+        self.keep_errors = keep_errors
+        self.table_error: str | None = None
+        self.verity_error: str | None = None
         # dm-verity frame: its superblock is always checked (cheap); with a spool of
         # the image (--verify-dm-verity) the whole tree is recomputed in ``finish``.
         self.spool = spool
@@ -503,12 +509,29 @@ class ChunkTableVerifier:
 
     def finish(self, total_out: int, end_offset: int) -> None:
         if self.table is not None:
-            self._verify(self.table, total_out)
-            self.verified = True
+            try:
+                self._verify(self.table, total_out)
+                self.verified = True
+            except DataError as exc:
+                self.table_error = self._kept(exc)
         if self.verity is not None:
-            self._check_verity(self.verity, total_out)
+            try:
+                self._check_verity(self.verity, total_out)
+            except DataError as exc:
+                self.verity_error = self._kept(exc)
         elif self.spool is not None:
             self.notes.append("--verify-dm-verity: the layer has no dm-verity frame to verify")
+
+    def _kept(self, exc: DataError) -> str:
+        """A mismatch ``finish`` found: raised, or with ``keep_errors`` kept as its message."""
+        if not self.keep_errors:
+            raise exc
+        return exc.message
+
+    def close(self) -> None:
+        """Drop the image spool (a temporary file) now, whether or not ``finish`` ran."""
+        if self.spool is not None:
+            self.spool.close()
 
     def _check_verity(self, sb: Superblock, total_out: int) -> None:
         from stream_processor import dmverity
