@@ -1,9 +1,9 @@
 """The main job: compressed layer in, validated raw EROFS (or exact tar) out, one pass.
 
-stdin -> ``Source`` -> codec (``compression.decoder``) -> ``ImageGate``
-(superblock, completeness) -> ``HoldbackSink`` -> stdout. The sink releases
-the held-back tail only after the codec reached the end of input cleanly
-and the gate's final checks passed.
+stdin -> ``Source`` -> codec (``decompress``) -> ``ImageGate`` (superblock,
+completeness) -> ``HoldbackSink`` -> stdout. The sink releases the held-back
+tail only after the codec reached the end of input cleanly and the gate's
+final checks passed.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 
 # With ``tune_malloc``, glibc's allocator is tuned (``zstd_parallel.tune_malloc``) once
 # this much output has gone by: every ~1 MiB output chunk was otherwise faulted in afresh
-# (measured: about half the page faults and 5-8 % less CPU for a 563 MB layer fed and
-# drained as containerd does), while a small layer never pays for importing ctypes.
+# (README "Performance"), while a small layer never pays for importing ctypes.
 TUNE_MALLOC_AFTER = 8 << 20
 
-# Plain classes, not dataclasses, on the decode path: importing ``dataclasses``
-# (and the ``inspect`` it pulls in) costs ~7 ms of every layer's start-up.
+# Plain classes, not dataclasses, on the decode path: importing ``dataclasses`` (and the
+# ``inspect`` it pulls in) would be every layer's start-up (README "Performance").
 
 
 class DecodeOptions:
@@ -157,8 +156,7 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     route = mediatypes.resolve(options.media_type)
     # Both pipes to 1 MiB: containerd writes stdin 32 KiB at a time from a goroutine and
     # reads stdout 32 KiB at a time (docs/stream-processor-contract.md); with 64 KiB pipes
-    # every read here took at most 64 KiB and woke the writer (a third fewer context
-    # switches per layer with the wider pipe, measured with the benchmarks' harness).
+    # every read here took at most 64 KiB and woke the writer (README "Performance").
     widen_pipe(in_fd)
     src = result.source = Source(in_fd)
     head = bytes(src.peek(4096))

@@ -1,23 +1,11 @@
 """The seekable EROFS layer: the chunk table, and checking a stream against it.
 
-Layout (docs/seekable.md, containerd PR 12764): the raw image is cut
-into fixed chunks, each an independent zstd frame; a skippable frame (magic
-0x184D2A50) then carries the chunk table. Its payload is a 23-byte
-little-endian header (magic 0xCDE4EC67, version 1, uncompressed size u64,
-chunk size u32, hash algorithm u8, reserved u16 = 0) followed by one entry
-per chunk: the blob offset (u64) of the chunk's frame, then the hash of the
-whole compressed frame if the algorithm has one (1 = SHA-512, 64 bytes).
-
-Every table layout is parsed into the same ``ChunkTable`` (a list of
-``Chunk`` with compressed offset, uncompressed offset and size, digest), and
-``ChunkTableVerifier`` checks only that generic form. A second layout (the
-draft erofs-image-spec index) is added by writing a parser for its payload
-and registering it in ``LAYOUTS`` under its magic; nothing else changes.
-
-Nothing here trusts a length from the blob before bounding it: a table
-payload is read only up to ``TABLE_PAYLOAD_LIMIT``, the entry count must
-match both the payload length and the header's sizes, entries are kept in
-flat arrays, and the number of frames tracked is capped.
+The layout (containerd PR 12764) is described in docs/seekable.md: chunks as
+independent zstd frames, then the table in a skippable frame. Every table
+layout parses into the same ``ChunkTable`` and ``ChunkTableVerifier`` checks
+only that form, so a second layout (the draft erofs-image-spec index) is a
+parser registered in ``LAYOUTS`` under its magic. No length from the blob is
+trusted before it is bounded (``TABLE_PAYLOAD_LIMIT``, ``MAX_TRACKED_FRAMES``).
 """
 
 from __future__ import annotations
@@ -367,26 +355,17 @@ class SeenFrame:
 class ChunkTableVerifier:
     """A ``zstd_codec.FrameObserver`` that checks the stream against its chunk table.
 
-    The table normally follows the frames it describes, so the verifier
-    records each frame's offset, end, decompressed size and SHA-512 as they
-    stream by, and compares everything in ``finish``. A frame's decompressed
-    size is what it decoded to, not what its header declares: containerd's
-    encoder writes 4 MiB chunks without a Frame Content Size, and they are
-    chunks all the same (all but the last must decode to exactly the chunk
-    size, the last to the remainder). The SHA-512 covers the compressed frame
-    and needs no content size either. ``finish`` runs before the decoder's generator
-    ends, hence before the sink releases the held-back tail: a mismatch
-    always leaves stdout short of a complete image.
+    The table follows the frames it describes, so each frame's offset, end,
+    decompressed size and SHA-512 are recorded as they stream by and compared
+    in ``finish``, which runs before the decoder's generator ends, hence before
+    the sink releases the held-back tail: a mismatch always leaves stdout short
+    of a complete image. A frame's size is what it decoded to, not what its
+    header declares: containerd's encoder writes chunks without a Frame Content
+    Size. Memory is a 32-byte record per frame: digests are chained into one
+    SHA-256, with an 8-byte fingerprint each to name the chunk that differs.
 
-    Memory is one flat record per frame: 32 bytes plus one flag. Full
-    digests are not kept; they are chained into one SHA-256 (compared with
-    the same over the table's digests), and an 8-byte fingerprint of each is
-    kept to name the chunk that differs.
-
-    With ``hash_frames=False`` (the decoder's default, README "Verification")
-    no frame is hashed and the table's digests are not compared; every
-    structural check (count, offsets, sizes, header) stays. ``hashlib`` is
-    imported only when a frame is hashed.
+    With ``hash_frames=False`` (the decoder's default) no frame is hashed and
+    the table's digests are not compared; every structural check stays.
     """
 
     def __init__(

@@ -1,25 +1,12 @@
 """Streaming zstd decoding with exact frame boundaries and bounded memory.
 
-The decoder walks the zstd framing itself (frame header, then 3-byte block
-headers, then the optional checksum) and feeds the decompressor one block at
-a time. That buys three things a plain ``stream_reader`` does not give:
-
-* bounded output per step: a block regenerates at most 128 KiB, so an RLE
-  "bomb" can never make one call allocate gigabytes;
-* exact offsets of every frame in the blob, which the seekable chunk table
-  (``seekable``) is verified against;
-* precise errors: truncated frame, corrupt block, garbage after the last
-  frame, each named with its offset.
-
-libzstd decompresses into a buffer the caller lends (``Output``: the
-stdout sink's ring, see ``sink.HoldbackSink.buffer``) through
-python-zstandard's ``stream_reader(...).readinto``, 128 KiB at a time, as
-``zstd -dc`` does: ``decompressobj`` returned each step as a fresh ~1 MiB
-``bytes`` object, whose pages were faulted in and evicted from the cache on
-every step (README "Performance").
-
-Several frames and skippable frames in any order are accepted, as the zstd
-format allows. Content checksums are verified by libzstd itself.
+The decoder walks the zstd framing itself (frame header, 3-byte block
+headers, checksum) and hands libzstd whole blocks. That bounds each step's
+output (a block regenerates at most 128 KiB: no RLE bomb), gives the exact
+offset of every frame (what the chunk table is checked against) and names
+every error with its offset. libzstd decompresses into a buffer the caller
+lends (``Output``: the sink's ring), 128 KiB at a time as ``zstd -dc`` does,
+not into a fresh ``bytes`` per step (README "Performance").
 """
 
 from __future__ import annotations
@@ -443,7 +430,7 @@ def decode_frame(
     if observer is not None:
         algorithm = observer.frame_start(index, offset)
         if algorithm is not None:
-            import hashlib  # only when a frame is hashed: loading OpenSSL costs every layer ~3 ms
+            import hashlib  # only when a frame is hashed: OpenSSL would be every layer's start-up
 
             hasher = hashlib.new(algorithm)
     frame_input = _FrameInput(frame_blocks(src, header), hasher)
