@@ -176,32 +176,32 @@ def read_skippable(
     stats.skippable_frames += 1
     if len(stats.skippable) < MAX_RECORDED_OFFSETS:
         stats.skippable.append((magic, offset, size))
+    if observer is None:
+        _skip(src, offset, size)
+        return
     frame = SkippableFrame(src, magic, offset, size)
-    if observer is not None:
-        observer.skippable(frame)
+    observer.skippable(frame)
     frame.skip()
 
 
-class SkippableFrame:
-    """A skippable frame whose 8-byte header has been read: the observer reads its payload
-    (``payload``, bounded) or skips it; ``head`` shows its first bytes to decide by."""
+def _skip(src: Source, offset: int, size: int) -> None:
+    if src.skip(size) < size:
+        raise DataError(f"zstd: skippable frame at offset {offset} is truncated")
 
-    __slots__ = ("_consumed", "_head", "_src", "magic", "offset", "size")
+
+class SkippableFrame:
+    """A skippable frame whose 8-byte header has been read, shown to the observer: ``head``
+    (its first bytes) to decide by, then ``payload()`` to read it whole or ``skip()``."""
+
+    __slots__ = ("_consumed", "_src", "head", "magic", "offset", "size")
 
     def __init__(self, src: Source, magic: int, offset: int, size: int) -> None:
         self._src = src
-        self._head: bytes | None = None
+        self._consumed = False
         self.magic = magic
         self.offset = offset
         self.size = size
-        self._consumed = False
-
-    @property
-    def head(self) -> bytes:
-        """The payload's first bytes (up to 512: a dm-verity superblock), nothing consumed."""
-        if self._head is None:
-            self._head = bytes(self._src.peek(min(self.size, 512)))
-        return self._head
+        self.head = bytes(src.peek(min(size, 512)))  # a dm-verity superblock is 512
 
     def payload(self) -> bytes:
         """Consume the whole payload; ``DataError`` if it is too large or truncated."""
@@ -230,11 +230,9 @@ class SkippableFrame:
 
     def skip(self) -> None:
         """Consume the payload unread (nothing if it was consumed); ``DataError`` if truncated."""
-        if self._consumed:
-            return
-        self._consumed = True
-        if self._src.skip(self.size) < self.size:
-            raise DataError(f"zstd: skippable frame at offset {self.offset} is truncated")
+        if not self._consumed:
+            self._consumed = True
+            _skip(self._src, self.offset, self.size)
 
 
 class FrameHeader:
