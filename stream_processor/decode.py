@@ -1,16 +1,16 @@
 """The main job: compressed layer in, validated raw EROFS (or exact tar) out, one pass.
 
-stdin -> ``Source`` -> codec (``compression.decoder``) -> ``ImageGate``
-(superblock, completeness) -> ``HoldbackSink`` -> stdout. The sink releases
-the held-back tail only after the codec reached the end of input cleanly
-and the gate's final checks passed.
+stdin -> ``Source`` -> codec (``decompress``) -> ``ImageGate`` (superblock,
+completeness) -> ``HoldbackSink`` -> stdout. The sink releases the held-back
+tail only after the codec reached the end of input cleanly and the gate's
+final checks passed.
 """
 
 from __future__ import annotations
 
 from stream_processor import codecs, mediatypes
 from stream_processor.errors import DataError, ReaderGone, Terminated
-from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
+from stream_processor.framing import DEFAULT_MAX_WINDOW, GzipStats, ZstdStats
 from stream_processor.mediatypes import Compression, Payload
 from stream_processor.sink import HoldbackSink, widen_pipe
 from stream_processor.source import Source
@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 
 # With ``tune_malloc``, glibc's allocator is tuned (``zstd_parallel.tune_malloc``) once
 # this much output has gone by: every ~1 MiB output chunk was otherwise faulted in afresh
-# (measured: about half the page faults and 5-8 % less CPU for a 563 MB layer fed and
-# drained as containerd does), while a small layer never pays for importing ctypes.
+# (README "Performance"), while a small layer never pays for importing ctypes.
 TUNE_MALLOC_AFTER = 8 << 20
 
-# Plain classes, not dataclasses, on the decode path: importing ``dataclasses``
-# (and the ``inspect`` it pulls in) costs ~7 ms of every layer's start-up.
+# Plain classes, not dataclasses, on the decode path: importing ``dataclasses`` (and the
+# ``inspect`` it pulls in) would be every layer's start-up (README "Performance").
 
 
 class DecodeOptions:
@@ -71,6 +70,8 @@ class DecodeResult:
         self.sink: HoldbackSink | None = None
         self.verdict: Verdict | None = None
         self.zstd = ZstdStats()
+        self.gzip = GzipStats()
+        self.verifier: ChunkTableVerifier | None = None  # zstd: what checked the framing
         self.notes: list[str] = []
 
     @property
@@ -92,53 +93,58 @@ def _check_compression(route: mediatypes.Route, found: Compression, head: bytes)
     raise DataError(f"media type {route.media_type} says {declared.value}, but the data is {what}")
 
 
-def _chunks(
-    src: Source, result: DecodeResult, options: DecodeOptions, out: Output
-) -> Iterator[bytes | memoryview]:
-    """The codec for the stream: zstd gets the chunk-table verifier, and with
-    ``threads > 1`` the parallel frame decoder (imported only then); a streamed
-    zstd frame is decompressed into buffers from ``out``. The zstd modules are
-    imported here, once zstd is chosen: a gzip layer never loads them."""
-    assert result.compression is not None
-    if result.compression is not Compression.ZSTD:
-        return codecs.decoder(result.compression, src, max_window_size=options.max_window_size)
-    from stream_processor.seekable import ChunkTableVerifier
-    from stream_processor.zstd_codec import as_bytes
-
-    spool = None
-    if options.verify_dm_verity:
-        from stream_processor.dmverity import ImageSpool
-
-        spool = ImageSpool()
-    observer = ChunkTableVerifier(result.notes, spool, hash_frames=options.verify_frame_hashes)
-    chunks = _zstd_chunks(src, result, options, observer, out)
-    # The spool is a file: copies cost nothing next to it, and it needs bytes.
-    return spool.tee(as_bytes(chunks)) if spool is not None else chunks
+def expected_payload(route: mediatypes.Route, found: Compression) -> Payload:
+    """What the decompressed data must be: the route's payload, except that input whose
+    compression was detected (not declared) and is none is a raw EROFS image."""
+    if route.compression is None and found is Compression.NONE:
+        return Payload.EROFS
+    return route.payload
 
 
-def _zstd_chunks(
+def decompress(
     src: Source,
     result: DecodeResult,
     options: DecodeOptions,
-    observer: ChunkTableVerifier,
-    out: Output,
+    out: Output | None = None,
+    keep_errors: bool = False,
 ) -> Iterator[bytes | memoryview]:
-    if options.threads > 1:
-        from stream_processor.zstd_parallel import decode_zstd_parallel_into
+    """The decompressed stream, set up as decode and ``inspect`` both run it.
 
-        return decode_zstd_parallel_into(
-            src,
-            out,
-            threads=options.threads,
-            max_window_size=options.max_window_size,
-            observer=observer,
-            stats=result.zstd,
+    The codec is ``codecs.decoder``'s for ``result.compression`` (zstd frames
+    decompressed into buffers from ``out``; without it, every chunk is ``bytes``).
+    zstd gets the chunk-table verifier (``result.verifier``; ``keep_errors``: see
+    ``ChunkTableVerifier``) and with ``verify_dm_verity`` a spool of the image for
+    the tree. The zstd modules are imported once zstd is chosen: a gzip layer never
+    loads them.
+    """
+    assert result.compression is not None
+    spool = None
+    if result.compression is Compression.ZSTD:
+        from stream_processor.seekable import ChunkTableVerifier
+
+        if options.verify_dm_verity:
+            from stream_processor.dmverity import ImageSpool
+
+            spool = ImageSpool()
+        result.verifier = ChunkTableVerifier(
+            result.notes, spool, hash_frames=options.verify_frame_hashes, keep_errors=keep_errors
         )
-    from stream_processor.zstd_codec import decode_zstd_into
-
-    return decode_zstd_into(
-        src, out, max_window_size=options.max_window_size, observer=observer, stats=result.zstd
+    chunks = codecs.decoder(
+        result.compression,
+        src,
+        max_window_size=options.max_window_size,
+        threads=options.threads,
+        out=out,
+        observer=result.verifier,
+        zstd_stats=result.zstd,
+        gzip_stats=result.gzip,
     )
+    if spool is None:
+        return chunks
+    from stream_processor.zstd_codec import as_bytes
+
+    # The spool is a file: copies cost nothing next to it, and it needs bytes.
+    return spool.tee(as_bytes(chunks))
 
 
 def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult) -> None:
@@ -150,8 +156,7 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     route = mediatypes.resolve(options.media_type)
     # Both pipes to 1 MiB: containerd writes stdin 32 KiB at a time from a goroutine and
     # reads stdout 32 KiB at a time (docs/stream-processor-contract.md); with 64 KiB pipes
-    # every read here took at most 64 KiB and woke the writer (a third fewer context
-    # switches per layer with the wider pipe, measured with the benchmarks' harness).
+    # every read here took at most 64 KiB and woke the writer (README "Performance").
     widen_pipe(in_fd)
     src = result.source = Source(in_fd)
     head = bytes(src.peek(4096))
@@ -160,13 +165,10 @@ def decode(in_fd: int, out_fd: int, options: DecodeOptions, result: DecodeResult
     result.compression = _check_compression(route, codecs.detect(head), head)
     widen_pipe(out_fd)
     sink = result.sink = HoldbackSink(out_fd, background=True)
-    payload = route.payload
-    if route.compression is None and result.compression is Compression.NONE:
-        payload = Payload.EROFS
-    gate = ImageGate(sink, payload, options.max_output_bytes)
+    gate = ImageGate(sink, expected_payload(route, result.compression), options.max_output_bytes)
     tune_at = TUNE_MALLOC_AFTER if options.tune_malloc else -1
     try:
-        for chunk in _chunks(src, result, options, sink.buffer):
+        for chunk in decompress(src, result, options, sink.buffer):
             if not sink.received:
                 # Until it has judged the image's first bytes the gate keeps them, and a
                 # chunk decompressed into the sink's ring is lent memory: keep a copy.

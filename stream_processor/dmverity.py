@@ -1,20 +1,11 @@
 """dm-verity data for seekable layers: the superblock, the hash tree, checking both.
 
 The layout is the one containerd's seekable-EROFS code writes and
-``veritysetup format --hash-offset`` reads (docs/seekable.md): a skippable
-frame whose payload is a 512-byte dm-verity superblock, zero padding to one
-hash block, then the hash tree of the image (padded with zeros to whole data
-blocks). The tree is stored top level first; every hash is
-``H(salt || block)`` (hash type 1), every hash block is zero-padded, and the
-root digest is the hash of the single top block (of the only data block when
-the image is one block).
-
-``TreeBuilder`` hashes the image as it streams by (``pack`` feeds it the same
-chunks it compresses): it keeps the level-0 digests (1/64 of the image at
-4 KiB blocks with SHA-512), the upper levels are derived from them at the end.
-The salt must therefore be known before the first block: ``derive_salt``
-takes it from the image's first block (superblock, UUID, build time), and
-``derive_uuid`` the superblock's UUID from the image's SHA-256, so the same
+``veritysetup format --hash-offset`` reads, described in docs/seekable.md
+("dm-verity payload"). ``TreeBuilder`` hashes the image as it streams by
+(``pack`` feeds it the chunks it compresses), so the salt must be known
+before the first block: ``derive_salt`` takes it from the image's first
+block and ``derive_uuid`` the UUID from the image's SHA-256, so the same
 image always gets the same bytes.
 """
 

@@ -1,11 +1,8 @@
 """The compressed streams' framing, as far as it needs no decompressor.
 
-The magic numbers that tell zstd from gzip, the zstd window limit, the
-framing-bomb budget both codecs enforce, and what the zstd frame walk
-counts. They live here, not in a codec, so that choosing a codec
-(``compression.detect``) and setting up a decode load no codec at all: a
-gzip layer never imports zstandard (``compression.decoder`` imports the
-chosen codec only).
+Magic numbers, the zstd window limit, the framing-bomb budget both codecs
+enforce, and what each codec counts: here, not in a codec, so that choosing
+a codec (``codecs.detect``) loads none of them.
 """
 
 from __future__ import annotations
@@ -46,6 +43,15 @@ class ZstdStats:
         if len(self.frame_offsets) < MAX_RECORDED_OFFSETS:
             self.frame_offsets.append(offset)
         self.frames += 1
+
+
+class GzipStats:
+    """What the gzip decoder saw."""
+
+    def __init__(self) -> None:
+        self.members = 0
+        self.backend = ""
+        self.out_bytes = 0
 
 
 def check_frame_budget(

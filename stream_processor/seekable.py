@@ -1,23 +1,11 @@
 """The seekable EROFS layer: the chunk table, and checking a stream against it.
 
-Layout (docs/seekable.md, containerd PR 12764): the raw image is cut
-into fixed chunks, each an independent zstd frame; a skippable frame (magic
-0x184D2A50) then carries the chunk table. Its payload is a 23-byte
-little-endian header (magic 0xCDE4EC67, version 1, uncompressed size u64,
-chunk size u32, hash algorithm u8, reserved u16 = 0) followed by one entry
-per chunk: the blob offset (u64) of the chunk's frame, then the hash of the
-whole compressed frame if the algorithm has one (1 = SHA-512, 64 bytes).
-
-Every table layout is parsed into the same ``ChunkTable`` (a list of
-``Chunk`` with compressed offset, uncompressed offset and size, digest), and
-``ChunkTableVerifier`` checks only that generic form. A second layout (the
-draft erofs-image-spec index) is added by writing a parser for its payload
-and registering it in ``LAYOUTS`` under its magic; nothing else changes.
-
-Nothing here trusts a length from the blob before bounding it: a table
-payload is read only up to ``TABLE_PAYLOAD_LIMIT``, the entry count must
-match both the payload length and the header's sizes, entries are kept in
-flat arrays, and the number of frames tracked is capped.
+The layout (containerd PR 12764) is described in docs/seekable.md: chunks as
+independent zstd frames, then the table in a skippable frame. Every table
+layout parses into the same ``ChunkTable`` and ``ChunkTableVerifier`` checks
+only that form, so a second layout (the draft erofs-image-spec index) is a
+parser registered in ``LAYOUTS`` under its magic. No length from the blob is
+trusted before it is bounded (``TABLE_PAYLOAD_LIMIT``, ``MAX_TRACKED_FRAMES``).
 """
 
 from __future__ import annotations
@@ -34,6 +22,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from stream_processor.dmverity import ImageSpool, Superblock
+    from stream_processor.zstd_codec import SkippableFrame
 
 SKIPPABLE_TABLE_MAGIC = SKIPPABLE_MAGIC  # the table is written with the first skippable magic
 TABLE_MAGIC = 0xCDE4EC67
@@ -366,26 +355,17 @@ class SeenFrame:
 class ChunkTableVerifier:
     """A ``zstd_codec.FrameObserver`` that checks the stream against its chunk table.
 
-    The table normally follows the frames it describes, so the verifier
-    records each frame's offset, end, decompressed size and SHA-512 as they
-    stream by, and compares everything in ``finish``. A frame's decompressed
-    size is what it decoded to, not what its header declares: containerd's
-    encoder writes 4 MiB chunks without a Frame Content Size, and they are
-    chunks all the same (all but the last must decode to exactly the chunk
-    size, the last to the remainder). The SHA-512 covers the compressed frame
-    and needs no content size either. ``finish`` runs before the decoder's generator
-    ends, hence before the sink releases the held-back tail: a mismatch
-    always leaves stdout short of a complete image.
+    The table follows the frames it describes, so each frame's offset, end,
+    decompressed size and SHA-512 are recorded as they stream by and compared
+    in ``finish``, which runs before the decoder's generator ends, hence before
+    the sink releases the held-back tail: a mismatch always leaves stdout short
+    of a complete image. A frame's size is what it decoded to, not what its
+    header declares: containerd's encoder writes chunks without a Frame Content
+    Size. Memory is a 32-byte record per frame: digests are chained into one
+    SHA-256, with an 8-byte fingerprint each to name the chunk that differs.
 
-    Memory is one flat record per frame: 32 bytes plus one flag. Full
-    digests are not kept; they are chained into one SHA-256 (compared with
-    the same over the table's digests), and an 8-byte fingerprint of each is
-    kept to name the chunk that differs.
-
-    With ``hash_frames=False`` (the decoder's default, README "Verification")
-    no frame is hashed and the table's digests are not compared; every
-    structural check (count, offsets, sizes, header) stays. ``hashlib`` is
-    imported only when a frame is hashed.
+    With ``hash_frames=False`` (the decoder's default) no frame is hashed and
+    the table's digests are not compared; every structural check stays.
     """
 
     def __init__(
@@ -393,6 +373,7 @@ class ChunkTableVerifier:
         notes: list[str] | None = None,
         spool: ImageSpool | None = None,
         hash_frames: bool = True,
+        keep_errors: bool = False,
     ) -> None:
         self._frames = bytearray()  # a ``_FRAME`` record per frame seen
         self.hashed = bytearray()  # per frame: 1 once its digest was recorded
@@ -404,7 +385,11 @@ class ChunkTableVerifier:
         self.skipped: list[tuple[int, int, str]] = []  # (offset, size, what)
         self.notes = notes if notes is not None else []
         self.verified = False
-        self._what = "unknown"
+        # With ``keep_errors`` (inspect) a table or dm-verity mismatch found by ``finish``
+        # is recorded here instead of raised: a damaged blob is described, not refused.
+        self.keep_errors = keep_errors
+        self.table_error: str | None = None
+        self.verity_error: str | None = None
         # dm-verity frame: its superblock is always checked (cheap); with a spool of
         # the image (--verify-dm-verity) the whole tree is recomputed in ``finish``.
         self.spool = spool
@@ -431,48 +416,65 @@ class ChunkTableVerifier:
         return int(_FRAME.unpack_from(self._frames, index * _FRAME.size)[0])
 
     # -- FrameObserver -------------------------------------------------------------
-    def digest_algorithm(self, content_size: int | None) -> str | None:
-        # Every frame, whatever it declares: a chunk need not declare its size, and
-        # a frame that is not a chunk fails the table's count or sizes anyway.
-        return "sha512" if self.hash_frames else None
-
-    def frame_start(self, index: int, offset: int, content_size: int | None) -> None:
+    def frame_start(self, index: int, offset: int) -> str | None:
         if index >= MAX_TRACKED_FRAMES:
             self.overflow = True
-            return
-        self._frames += _FRAME.pack(offset, -1, -1, 0)
-        self.hashed.append(0)
+        else:
+            self._frames += _FRAME.pack(offset, -1, -1, 0)
+            self.hashed.append(0)
+        # Every frame is hashed, whatever it declares: a chunk need not declare its size,
+        # and a frame that is not a chunk fails the table's count or sizes anyway.
+        return "sha512" if self.hash_frames else None
 
-    def frame_digest(self, index: int, digest: bytes) -> None:
-        if index < self.frame_count:
+    def frame_end(
+        self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+    ) -> None:
+        if index >= self.frame_count:
+            return
+        at = index * _FRAME.size
+        if digest is not None:
             if self._chain is None:
                 import hashlib
 
                 self._chain = hashlib.sha256()
             self._chain.update(digest)
-            _FINGERPRINT.pack_into(self._frames, index * _FRAME.size + 24, _fingerprint(digest))
+            _FINGERPRINT.pack_into(self._frames, at + 24, _fingerprint(digest))
             self.hashed[index] = 1
+        _END_AND_SIZE.pack_into(self._frames, at + 8, end_offset, decompressed_size)
 
-    def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None:
-        if index < self.frame_count:
-            _END_AND_SIZE.pack_into(
-                self._frames, index * _FRAME.size + 8, end_offset, decompressed_size
-            )
-
-    def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
-        self._what = describe_skippable(magic, head)
+    def skippable(self, frame: SkippableFrame) -> None:
+        # A frame that is not read is skipped before it is recorded: a truncated one is
+        # refused, not listed.
+        offset, size, head = frame.offset, frame.size, frame.head
+        what = describe_skippable(frame.magic, head)
         if head.startswith(VERITY_SIGNATURE):
-            return self._verity_frame(offset, size, head)
+            self._verity_frame(offset, size, head)
+            if self.spool is not None:  # the tree is recomputed in ``finish``
+                self.verity_payload = frame.payload()
+            else:
+                frame.skip()
+            self.skipped.append((offset, size, what))
+            return
         if not is_table_payload(head):
-            return False
+            frame.skip()
+            self.skipped.append((offset, size, what))
+            self.notes.append(f"skipped {what} in a skippable frame at offset {offset}")
+            return
         if size > TABLE_PAYLOAD_LIMIT:
             raise DataError(
                 f"chunk table: the table at offset {offset} declares {size} bytes, more than "
                 f"the {TABLE_PAYLOAD_LIMIT} any real layer needs"
             )
-        return True
+        payload = frame.payload()
+        if self.table is not None:
+            raise DataError(
+                f"chunk table: a second chunk table at offset {offset} "
+                f"(the first is at {self.table_offset})"
+            )
+        self.table = parse_table(payload)
+        self.table_offset = offset
 
-    def _verity_frame(self, offset: int, size: int, head: bytes) -> bool:
+    def _verity_frame(self, offset: int, size: int, head: bytes) -> None:
         from stream_processor.dmverity import parse_superblock
 
         if self.verity is not None:
@@ -483,33 +485,32 @@ class ChunkTableVerifier:
         self.verity = parse_superblock(head)
         self.verity_offset = offset
         self.verity_size = size
-        return self.spool is not None
-
-    def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
-        if offset == self.verity_offset:
-            self.verity_payload = payload
-            self.skipped.append((offset, size, self._what))
-            return
-        if payload is None:
-            self.skipped.append((offset, size, self._what))
-            self.notes.append(f"skipped {self._what} in a skippable frame at offset {offset}")
-            return
-        if self.table is not None:
-            raise DataError(
-                f"chunk table: a second chunk table at offset {offset} "
-                f"(the first is at {self.table_offset})"
-            )
-        self.table = parse_table(payload)
-        self.table_offset = offset
 
     def finish(self, total_out: int, end_offset: int) -> None:
         if self.table is not None:
-            self._verify(self.table, total_out)
-            self.verified = True
+            try:
+                self._verify(self.table, total_out)
+                self.verified = True
+            except DataError as exc:
+                self.table_error = self._kept(exc)
         if self.verity is not None:
-            self._check_verity(self.verity, total_out)
+            try:
+                self._check_verity(self.verity, total_out)
+            except DataError as exc:
+                self.verity_error = self._kept(exc)
         elif self.spool is not None:
             self.notes.append("--verify-dm-verity: the layer has no dm-verity frame to verify")
+
+    def _kept(self, exc: DataError) -> str:
+        """A mismatch ``finish`` found: raised, or with ``keep_errors`` kept as its message."""
+        if not self.keep_errors:
+            raise exc
+        return exc.message
+
+    def close(self) -> None:
+        """Drop the image spool (a temporary file) now, whether or not ``finish`` ran."""
+        if self.spool is not None:
+            self.spool.close()
 
     def _check_verity(self, sb: Superblock, total_out: int) -> None:
         from stream_processor import dmverity

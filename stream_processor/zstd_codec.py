@@ -1,25 +1,12 @@
 """Streaming zstd decoding with exact frame boundaries and bounded memory.
 
-The decoder walks the zstd framing itself (frame header, then 3-byte block
-headers, then the optional checksum) and feeds the decompressor one block at
-a time. That buys three things a plain ``stream_reader`` does not give:
-
-* bounded output per step: a block regenerates at most 128 KiB, so an RLE
-  "bomb" can never make one call allocate gigabytes;
-* exact offsets of every frame in the blob, which the seekable chunk table
-  (``seekable``) is verified against;
-* precise errors: truncated frame, corrupt block, garbage after the last
-  frame, each named with its offset.
-
-libzstd decompresses into a buffer the caller lends (``Output``: the
-stdout sink's ring, see ``sink.HoldbackSink.buffer``) through
-python-zstandard's ``stream_reader(...).readinto``, 128 KiB at a time, as
-``zstd -dc`` does: ``decompressobj`` returned each step as a fresh ~1 MiB
-``bytes`` object, whose pages were faulted in and evicted from the cache on
-every step (README "Performance").
-
-Several frames and skippable frames in any order are accepted, as the zstd
-format allows. Content checksums are verified by libzstd itself.
+The decoder walks the zstd framing itself (frame header, 3-byte block
+headers, checksum) and hands libzstd whole blocks. That bounds each step's
+output (a block regenerates at most 128 KiB: no RLE bomb), gives the exact
+offset of every frame (what the chunk table is checked against) and names
+every error with its offset. libzstd decompresses into a buffer the caller
+lends (``Output``: the sink's ring), 128 KiB at a time as ``zstd -dc`` does,
+not into a fresh ``bytes`` per step (README "Performance").
 """
 
 from __future__ import annotations
@@ -43,21 +30,24 @@ if TYPE_CHECKING:
     from typing import IO, Protocol, TypeAlias
 
     class FrameObserver(Protocol):
-        """Told about the framing as it streams by (the chunk-table verifier is one)."""
+        """Told about the framing as it streams by: the chunk-table verifier is the one.
 
-        def digest_algorithm(self, content_size: int | None) -> str | None:
-            """A ``hashlib`` name to hash this frame's compressed bytes with, or None."""
+        Calls are per frame, never per block: ``frame_start`` and ``frame_end`` for each
+        data frame in stream order (even when frames decode on several threads),
+        ``skippable`` for each skippable frame, ``finish`` once the stream ended cleanly.
+        """
+
+        def frame_start(self, index: int, offset: int) -> str | None:
+            """A data frame begins; a ``hashlib`` name to hash its compressed bytes with."""
             ...
 
-        def frame_start(self, index: int, offset: int, content_size: int | None) -> None: ...
+        def frame_end(
+            self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+        ) -> None: ...
 
-        def frame_digest(self, index: int, digest: bytes) -> None: ...
-
-        def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None: ...
-
-        def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool: ...
-
-        def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None: ...
+        def skippable(self, frame: SkippableFrame) -> None:
+            """Read ``frame.payload()`` or ``frame.skip()`` it; the decoder skips it if neither."""
+            ...
 
         def finish(self, total_out: int, end_offset: int) -> None: ...
 
@@ -186,33 +176,63 @@ def read_skippable(
     stats.skippable_frames += 1
     if len(stats.skippable) < MAX_RECORDED_OFFSETS:
         stats.skippable.append((magic, offset, size))
-    payload: bytes | None = None
-    if observer is not None:
-        first = bytes(src.peek(min(size, 512)))  # a dm-verity superblock is 512
-        if observer.wants_payload(magic, offset, size, first):
-            if size > SKIPPABLE_PAYLOAD_LIMIT:
-                raise DataError(
-                    f"zstd: skippable frame at offset {offset} declares {size} bytes, "
-                    f"more than the {SKIPPABLE_PAYLOAD_LIMIT} this decoder reads"
-                )
-            parts = []
-            left = size
-            while left:
-                part = src.take(min(left, src.capacity // 2))
-                if not part:
-                    break
-                parts.append(bytes(part))
-                left -= len(part)
-            payload = b"".join(parts)
-            if len(payload) < size:
-                raise DataError(
-                    f"zstd: skippable frame at offset {offset} is truncated "
-                    f"({len(payload)} of {size} bytes)"
-                )
-    if payload is None and src.skip(size) < size:
+    if observer is None:
+        _skip(src, offset, size)
+        return
+    frame = SkippableFrame(src, magic, offset, size)
+    observer.skippable(frame)
+    frame.skip()
+
+
+def _skip(src: Source, offset: int, size: int) -> None:
+    if src.skip(size) < size:
         raise DataError(f"zstd: skippable frame at offset {offset} is truncated")
-    if observer is not None:
-        observer.skippable(magic, offset, size, payload)
+
+
+class SkippableFrame:
+    """A skippable frame whose 8-byte header has been read, shown to the observer: ``head``
+    (its first bytes) to decide by, then ``payload()`` to read it whole or ``skip()``."""
+
+    __slots__ = ("_consumed", "_src", "head", "magic", "offset", "size")
+
+    def __init__(self, src: Source, magic: int, offset: int, size: int) -> None:
+        self._src = src
+        self._consumed = False
+        self.magic = magic
+        self.offset = offset
+        self.size = size
+        self.head = bytes(src.peek(min(size, 512)))  # a dm-verity superblock is 512
+
+    def payload(self) -> bytes:
+        """Consume the whole payload; ``DataError`` if it is too large or truncated."""
+        src, offset, size = self._src, self.offset, self.size
+        if size > SKIPPABLE_PAYLOAD_LIMIT:
+            raise DataError(
+                f"zstd: skippable frame at offset {offset} declares {size} bytes, "
+                f"more than the {SKIPPABLE_PAYLOAD_LIMIT} this decoder reads"
+            )
+        self._consumed = True
+        parts = []
+        left = size
+        while left:
+            part = src.take(min(left, src.capacity // 2))
+            if not part:
+                break
+            parts.append(bytes(part))
+            left -= len(part)
+        payload = b"".join(parts)
+        if len(payload) < size:
+            raise DataError(
+                f"zstd: skippable frame at offset {offset} is truncated "
+                f"({len(payload)} of {size} bytes)"
+            )
+        return payload
+
+    def skip(self) -> None:
+        """Consume the payload unread (nothing if it was consumed); ``DataError`` if truncated."""
+        if not self._consumed:
+            self._consumed = True
+            _skip(self._src, self.offset, self.size)
 
 
 class FrameHeader:
@@ -406,10 +426,9 @@ def decode_frame(
     offset, content_size = header.offset, header.content_size
     hasher = None
     if observer is not None:
-        observer.frame_start(index, offset, content_size)
-        algorithm = observer.digest_algorithm(content_size)
+        algorithm = observer.frame_start(index, offset)
         if algorithm is not None:
-            import hashlib  # only when a frame is hashed: loading OpenSSL costs every layer ~3 ms
+            import hashlib  # only when a frame is hashed: OpenSSL would be every layer's start-up
 
             hasher = hashlib.new(algorithm)
     frame_input = _FrameInput(frame_blocks(src, header), hasher)
@@ -437,6 +456,5 @@ def decode_frame(
             f"zstd: frame at offset {offset} declares {content_size} bytes but holds {produced}"
         )
     if observer is not None:
-        if hasher is not None:
-            observer.frame_digest(index, hasher.digest())
-        observer.frame_end(index, src.position, produced)
+        digest = hasher.digest() if hasher is not None else None
+        observer.frame_end(index, src.position, produced, digest)

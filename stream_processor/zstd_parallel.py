@@ -1,27 +1,12 @@
 """Decoding independent zstd frames on several threads, output in order.
 
-A seekable layer (and any stream cut into frames) holds frames that do not
-depend on each other. The main thread walks the framing exactly as the
-streaming decoder does (``zstd_codec.read_whole_frame``: header, 3-byte block
-headers, checksum) to cut each frame out of the input without decoding it,
-and hands whole frames to a pool; libzstd releases the GIL, so frames decode
-on all cores while the main thread reads ahead and writes results in order.
-
-Only frames that declare a content size of at most ``MAX_PARALLEL_FRAME`` are
-decoded whole; any other frame (no content size, a huge single frame) is
-streamed block by block after the frames before it are out, so memory stays
-bounded by about ``(threads + 1) x (chunk + compressed chunk)`` plus the
-``Source`` buffer, and the declared output in flight never exceeds
-``IN_FLIGHT_BUDGET`` (128 MiB) however many threads are asked for. The first
-frame is always streamed on the calling thread, so a single-frame stream
-takes exactly the streaming path and no pool is started until a second frame
-appears.
-
-The observer (the chunk-table verifier) sees the same calls as on the
-streaming path; the frame's SHA-512 is computed on the worker thread with the
-decompression, and ``frame_digest``/``frame_end`` are reported in stream
-order. ``observer.finish`` runs before this generator ends, so a table
-mismatch is raised before the caller releases its held-back output.
+The main thread walks the framing as the streaming decoder does
+(``zstd_codec``) to cut whole frames out of the input, and a pool decodes
+them (libzstd releases the GIL). Only frames declaring at most
+``MAX_PARALLEL_FRAME`` go to the pool, within ``IN_FLIGHT_BUDGET``; any other
+frame, and always the first, streams on the calling thread, so a
+single-frame layer never starts a pool. The observer sees the same calls, in
+stream order, as on the streaming path.
 """
 
 from __future__ import annotations
@@ -71,17 +56,15 @@ _malloc_tuned = False
 def tune_malloc() -> None:
     """Keep glibc from returning and re-faulting the chunk-sized buffers on every frame.
 
-    By default each multi-MiB result is a fresh ``mmap`` (or trimmed heap),
-    so every output page is faulted in again: ~60,000 faults and 0.15 s of
-    system time per 500 MB, a quarter of the decode. One arena, no mmap for
-    chunk-sized blocks and a trim threshold above the working set make the
-    buffers recycle; measured peak RSS went down, not up. Process-wide, so
-    done once: when a pool starts, or when a CLI decode has produced
-    ``decode.TUNE_MALLOC_AFTER`` bytes (the streaming path's ~1 MiB chunks are
-    re-faulted the same way); silently skipped off glibc. Meant for
-    the CLI, which decodes one layer per process: a long-lived process that
-    decodes thousands of blobs (a fuzzer) trades the faults for heap
-    fragmentation and should set ``_malloc_tuned = True`` first to skip it.
+    By default each multi-MiB result is a fresh ``mmap`` (or trimmed heap), so
+    every output page is faulted in again (README "Performance"). One arena, no
+    mmap for chunk-sized blocks and a trim threshold above the working set make
+    the buffers recycle, without raising peak RSS. Process-wide, so done once:
+    when a pool starts, or when a CLI decode has produced
+    ``decode.TUNE_MALLOC_AFTER`` bytes; silently skipped off glibc. Meant for the
+    CLI, one layer per process: a long-lived process that decodes thousands of
+    blobs (a fuzzer) would trade the faults for heap fragmentation: it should set
+    ``_malloc_tuned = True`` first to skip it.
     """
     global _malloc_tuned
     if _malloc_tuned:
@@ -139,8 +122,8 @@ class _Pool:
     """``threads`` daemon threads decoding submitted jobs, first in first out.
 
     Not ``concurrent.futures``: importing it (with the ``logging`` it pulls in)
-    cost 6-14 ms of every multi-frame layer's start-up here, for a submit, a
-    result and a shutdown. A cancelled job is skipped; ``shutdown`` lets each
+    was start-up time on every multi-frame layer (README "Performance"), for a
+    submit, a result and a shutdown. A cancelled job is skipped; ``shutdown`` lets each
     thread finish the frame in hand (milliseconds) and waits for it.
     """
 
@@ -272,8 +255,7 @@ class ParallelDecoder:
         data = read_whole_frame(self.src, header, compressed_bound(header.content_size))
         algorithm = None
         if self.observer is not None:
-            self.observer.frame_start(self.stats.frames, header.offset, header.content_size)
-            algorithm = self.observer.digest_algorithm(header.content_size)
+            algorithm = self.observer.frame_start(self.stats.frames, header.offset)
         job = _Job(
             self.stats.frames,
             header.offset,
@@ -311,9 +293,7 @@ class ParallelDecoder:
             self.pending_bytes -= job.content_size
             job.data = bytearray()
             if self.observer is not None:
-                if digest is not None:
-                    self.observer.frame_digest(job.index, digest)
-                self.observer.frame_end(job.index, job.end_offset, len(out))
+                self.observer.frame_end(job.index, job.end_offset, len(out), digest)
             self.stats.out_bytes += len(out)
             yield out
 

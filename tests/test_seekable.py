@@ -435,14 +435,16 @@ def test_plain_multi_frame_stream_without_table_decodes(erofs_bytes: bytes) -> N
     assert error is None and out == erofs_bytes
 
 
-def _run_verifier(blob: bytes) -> seekable.ChunkTableVerifier:
+def _run_verifier(
+    blob: bytes, verifier: seekable.ChunkTableVerifier | None = None
+) -> seekable.ChunkTableVerifier:
     from stream_processor.source import Source
     from stream_processor.zstd_codec import decode_zstd
 
     with tempfile.TemporaryFile() as f:
         f.write(blob)
         f.seek(0)
-        verifier = seekable.ChunkTableVerifier()
+        verifier = verifier if verifier is not None else seekable.ChunkTableVerifier()
         for _ in decode_zstd(Source(f.fileno()), observer=verifier):
             pass
         return verifier
@@ -455,6 +457,24 @@ def test_verifier_reports_what_it_saw(packed: tuple[bytes, PackResult]) -> None:
     assert verifier.frame_count == verifier.table.count
     assert all(f.hashed for f in verifier.frames())
     assert [f.offset for f in verifier.frames()] == list(verifier.table.compressed_offsets)
+
+
+def test_a_truncated_skippable_frame_is_refused_not_recorded(
+    packed: tuple[bytes, PackResult],
+) -> None:
+    """A skippable frame the verifier does not read is skipped before it is recorded: cut
+    short, it is refused, and neither listed (``inspect``) nor noted as skipped."""
+    parts = split(packed[0])
+    unknown = seekable.skippable_frame(b"x" * 1000, seekable.SKIPPABLE_TABLE_MAGIC + 5)
+    at = sum(len(f) for f in parts.frames)
+    notes: list[str] = []
+    verifier = seekable.ChunkTableVerifier(notes)
+    with pytest.raises(DataError, match=f"skippable frame at offset {at} is truncated$"):
+        _run_verifier(b"".join(parts.frames) + unknown[:-30], verifier)
+    assert verifier.skipped == [] and notes == []
+    verifier = _run_verifier(b"".join(parts.frames) + unknown, seekable.ChunkTableVerifier(notes))
+    assert verifier.skipped == [(at, 1000, "unknown (magic 0x184d2a55)")]
+    assert notes == [f"skipped unknown (magic 0x184d2a55) in a skippable frame at offset {at}"]
 
 
 # -- through the CLI, as containerd runs it -----------------------------------------

@@ -195,3 +195,82 @@ def test_decode_lends_the_sinks_ring(
     image = erofs_bytes + _payload()
     assert _decode_to_file(_stream(image), tmp_path, threads) == image
     assert len(lent) > 8 and len(set(lent)) == 1
+
+
+# -- the FrameObserver interface: per-frame events, skippable frames read or skipped ------
+
+
+class _Events:
+    """A FrameObserver that writes down every call, and reads skippable payloads if asked."""
+
+    def __init__(self, read: bool = False) -> None:
+        self.read = read
+        self.calls: list[tuple[object, ...]] = []
+
+    def frame_start(self, index: int, offset: int) -> str | None:
+        self.calls.append(("start", index, offset))
+        return "sha512"
+
+    def frame_end(
+        self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+    ) -> None:
+        self.calls.append(("end", index, end_offset, decompressed_size, digest))
+
+    def skippable(self, frame: zstd_codec.SkippableFrame) -> None:
+        payload = frame.payload() if self.read else None
+        self.calls.append(("skippable", frame.magic, frame.offset, frame.size, frame.head, payload))
+
+    def finish(self, total_out: int, end_offset: int) -> None:
+        self.calls.append(("finish", total_out, end_offset))
+
+
+def _framed() -> tuple[bytes, list[bytes], bytes]:
+    """Two data frames around a skippable frame: the blob, the frames, the payload."""
+    payload = b"payload " * 100
+    frames = [_stream(b"a" * 70_000), _stream(os.urandom(9000))]
+    skippable = (0x184D2A5E).to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
+    return frames[0] + skippable + frames[1], frames, payload
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("read", [False, True])
+def test_an_observer_hears_each_frame_once_in_stream_order(threads: int, read: bool) -> None:
+    """Per frame: a start (answered with the hash to use) and an end carrying that hash of
+    the compressed frame, also when the second frame decodes on a pool thread; a
+    skippable frame shows its first 512 bytes, and one left unread is skipped."""
+    import hashlib
+
+    from stream_processor.zstd_parallel import decode_zstd_parallel
+
+    blob, frames, payload = _framed()
+    events = _Events(read)
+    src = _source(blob)
+    if threads == 1:
+        out = b"".join(decode_zstd(src, observer=events))
+    else:
+        out = b"".join(decode_zstd_parallel(src, threads=threads, observer=events))
+    assert out == b"a" * 70_000 + zstandard.ZstdDecompressor().decompress(frames[1])
+    second = len(frames[0]) + 8 + len(payload)
+    assert events.calls == [
+        ("start", 0, 0),
+        ("end", 0, len(frames[0]), 70_000, hashlib.sha512(frames[0]).digest()),
+        ("skippable", 0x184D2A5E, len(frames[0]), 800, payload[:512], payload if read else None),
+        ("start", 1, second),
+        ("end", 1, len(blob), 9000, hashlib.sha512(frames[1]).digest()),
+        ("finish", len(out), len(blob)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("read", "message"),
+    [(False, "is truncated$"), (True, r"is truncated \(790 of 800 bytes\)")],
+)
+def test_a_truncated_skippable_frame_is_refused_read_or_skipped(read: bool, message: str) -> None:
+    blob, frames, _ = _framed()
+    events = _Events(read)
+    with pytest.raises(DataError, match=f"skippable frame at offset {len(frames[0])} {message}"):
+        for _ in decode_zstd(_source(blob[: len(frames[0]) + 8 + 790]), observer=events):
+            pass
+    assert [call[0] for call in events.calls] == ["start", "end"] + (
+        ["skippable"] if not read else []
+    )

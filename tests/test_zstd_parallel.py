@@ -17,7 +17,7 @@ import zstandard
 from stream_processor.errors import DataError
 from stream_processor.framing import DEFAULT_MAX_WINDOW, ZstdStats
 from stream_processor.source import Source
-from stream_processor.zstd_codec import decode_zstd
+from stream_processor.zstd_codec import SkippableFrame, decode_zstd
 from stream_processor.zstd_parallel import (
     MAX_PARALLEL_FRAME,
     ParallelDecoder,
@@ -111,24 +111,19 @@ class _Tracker:
         self.peak = 0
         self.ends: list[int] = []
 
-    def digest_algorithm(self, content_size: int | None) -> str | None:
-        return "sha512"
-
-    def frame_start(self, index: int, offset: int, content_size: int | None) -> None:
+    def frame_start(self, index: int, offset: int) -> str | None:
         self.open += 1
         self.peak = max(self.peak, self.open)
+        return "sha512"
 
-    def frame_digest(self, index: int, digest: bytes) -> None:
-        assert len(digest) == 64
-
-    def frame_end(self, index: int, end_offset: int, decompressed_size: int) -> None:
+    def frame_end(
+        self, index: int, end_offset: int, decompressed_size: int, digest: bytes | None
+    ) -> None:
+        assert digest is not None and len(digest) == 64
         self.open -= 1
         self.ends.append(index)
 
-    def wants_payload(self, magic: int, offset: int, size: int, head: bytes) -> bool:
-        return False
-
-    def skippable(self, magic: int, offset: int, size: int, payload: bytes | None) -> None:
+    def skippable(self, frame: SkippableFrame) -> None:
         pass
 
     def finish(self, total_out: int, end_offset: int) -> None:
