@@ -154,7 +154,8 @@ OPTIONS = (
         "--threads",
         parse_threads,
         None,
-        "threads for independent zstd frames (default: 2, or 1 with a single CPU)",
+        "threads for independent zstd frames (default 1: measured fastest inside containerd "
+        "on a 2-CPU node; more only where cores are to spare)",
     ),
     _Option(
         "--verify-dm-verity",
@@ -277,15 +278,13 @@ def _standard_fd(fd: int, name: str) -> int:
     return fd
 
 
-def default_threads() -> int:
-    """2 when two CPUs are usable, else 1.
-
-    Measured with a containerd-like consumer running (README "Performance"):
-    containerd's side (SHA-256 and the file write) keeps one core busy, so on
-    a 2-core node a third thread only competes with it; more threads than 2
-    gave nothing on the seekable benchmark's 4 MiB chunks.
-    """
-    return 2 if len(os.sched_getaffinity(0)) >= 2 else 1
+# One thread unless told otherwise: on real containerd 2.3.4 pulls (README
+# "Performance", ``bench_containerd.py``) one thread streaming every frame through
+# the sink's ring beat two threads pooling frames, with either unpack concurrency:
+# containerd's own side (SHA-256, the file write) takes a core, and pooled frames
+# cost a fresh buffer each. ``--threads`` (or the config's ``args``) is for nodes
+# with cores to spare.
+DEFAULT_THREADS = 1
 
 
 class _LogTarget:
@@ -343,7 +342,7 @@ def run(args: Any) -> int:
     target = _log_target(args)
     given = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
     media_type = given
-    threads = args.threads or default_threads()
+    threads = args.threads or DEFAULT_THREADS
     set_signal_handler(SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     result = DecodeResult(media_type)
