@@ -256,22 +256,36 @@ def test_records_keep_their_fields_without_structlog(erofs_bytes: bytes, tmp_pat
     )
 
 
-def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> None:
-    """What every layer's start-up must not pay for (issue 12): argparse, the log module
-    without a record to write, hashlib without a frame to hash, structlog, a thread pool,
-    and python-zstandard's package ``__init__`` (``platform``): ``zstd_backend`` loads
-    its C backend alone."""
+LEAN_START = (  # a small single-frame layer needs no thread, table or type machinery:
+    # each of these (with what it loads) was milliseconds of every start (issue 12)
+    "re",
+    "typing",
+    "enum",
+    "signal",
+    "collections",
+    "functools",
+    "contextlib",
+    "threading",
+    "array",
+    "queue",
+    "dataclasses",
+)
+
+
+def _imported_by_decode(tmp_path: Path, **env_extra: str) -> set[str]:
+    """The modules a tiny erofs+zstd decode imports after ``site``, started through the
+    installed launcher as the generated config starts it."""
     tree = tmp_path / "t"
-    tree.mkdir()
+    tree.mkdir(exist_ok=True)
     (tree / "hello").write_text("hello\n")
     blob = zstandard.ZstdCompressor().compress(mkfs_erofs(tree, tmp_path / "t.erofs").read_bytes())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EROFS_SP_", ENV))}
     env["EROFS_SP_LOG_FILE"] = str(tmp_path / "sp.log")  # as every generated config sets it
-    proc = subprocess.run(  # the installed launcher, as the generated config starts it
+    proc = subprocess.run(
         [sys.executable, "-X", "importtime", str(ROOT / "bin" / "erofs-stream-processor")],
         input=blob,
         capture_output=True,
-        env=env,
+        env={**env, **env_extra},
         cwd=ROOT,
         check=True,
     )
@@ -280,6 +294,15 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
     # ``python -c pass`` too: count only what the program imported after it.
     imported = set(lines[lines.index("site") + 1 :])
     assert "stream_processor.decode" in imported
+    return imported
+
+
+def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> None:
+    """What every layer's start-up must not pay for (issue 12): argparse, the log module
+    without a record to write, hashlib without a frame to hash, structlog, a thread pool,
+    python-zstandard's package ``__init__`` (``platform``; ``zstd_backend`` loads its C
+    backend alone), and the standard library's heavier modules (``LEAN_START``)."""
+    imported = _imported_by_decode(tmp_path)
     assert not (tmp_path / "sp.log").exists()
     for name in (
         "argparse",
@@ -291,20 +314,18 @@ def test_decode_start_up_imports_only_what_decoding_needs(tmp_path: Path) -> Non
         "json",
         "platform",
         "zstandard",
-        # a small single-frame layer needs no thread, no table and no type machinery:
-        # each of these (with what it loads) was milliseconds of every start (issue 12)
-        "re",
-        "typing",
-        "enum",
-        "signal",
-        "collections",
-        "functools",
-        "contextlib",
-        "threading",
-        "array",
-        "queue",
-        "dataclasses",
+        *LEAN_START,
     ):
+        assert name not in imported, name
+
+
+def test_a_record_at_info_imports_only_the_log_module(tmp_path: Path) -> None:
+    """A record may add 3 ms to a layer (issue 12): writing it loads ``log`` (and the C
+    JSON string escaper), nothing from ``LEAN_START``."""
+    imported = _imported_by_decode(tmp_path, EROFS_SP_LOG_LEVEL="info")
+    assert '"event": "decoded"' in (tmp_path / "sp.log").read_text()
+    assert "stream_processor.log" in imported
+    for name in ("json", *LEAN_START):
         assert name not in imported, name
 
 
