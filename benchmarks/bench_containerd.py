@@ -52,7 +52,7 @@ from stream_processor.containerd.render import MAX_CONCURRENT_UNPACKS
 from tests.containerd_harness import Registry, start_registry
 
 ENV_23 = "EROFS_SP_CONTAINERD23_BIN"
-RUNS = 7  # whole imports move by more than the gap on a shared machine: more runs
+RUNS = 11  # a whole pull moves by more than the gap on a shared machine: more runs
 TREES = ("/usr/share/locale", "/usr/share/doc", "/usr/share/man")
 TAR_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 EROFS_ZSTD = "application/vnd.erofs.layer.v1+zstd"
