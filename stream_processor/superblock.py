@@ -93,22 +93,7 @@ class Superblock:
     on-disk order (a plain class: ``typing.NamedTuple`` would import ``typing`` on every
     layer's start-up)."""
 
-    __slots__ = (
-        "blkszbits",
-        "blocks",
-        "build_time",
-        "build_time_nsec",
-        "checksum",
-        "feature_compat",
-        "feature_incompat",
-        "inodes",
-        "meta_blkaddr",
-        "root_nid",
-        "sb_extslots",
-        "uuid",
-        "volume_name",
-        "xattr_blkaddr",
-    )
+    __slots__ = _FIELDS
 
     def __init__(
         self,

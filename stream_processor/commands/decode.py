@@ -99,6 +99,15 @@ def parse_switch(text: str) -> bool:
     raise _bad(f"not a switch: {text!r} (use 1 or 0)")
 
 
+# One thread unless told otherwise: on real containerd 2.3.4 pulls (README
+# "Performance", ``bench_containerd.py``) one thread streaming every frame through
+# the sink's ring beat two threads pooling frames, with either unpack concurrency:
+# containerd's own side (SHA-256, the file write) takes a core, and pooled frames
+# cost a fresh buffer each. ``--threads`` (or the config's ``args``) is for nodes
+# with cores to spare.
+DEFAULT_THREADS = 1
+
+
 class _Option:
     """One decode option, for both parsers."""
 
@@ -153,7 +162,7 @@ OPTIONS = (
     _Option(
         "--threads",
         parse_threads,
-        None,
+        DEFAULT_THREADS,
         "threads for independent zstd frames (default 1: measured fastest inside containerd "
         "on a 2-CPU node; more only where cores are to spare)",
     ),
@@ -278,15 +287,6 @@ def _standard_fd(fd: int, name: str) -> int:
     return fd
 
 
-# One thread unless told otherwise: on real containerd 2.3.4 pulls (README
-# "Performance", ``bench_containerd.py``) one thread streaming every frame through
-# the sink's ring beat two threads pooling frames, with either unpack concurrency:
-# containerd's own side (SHA-256, the file write) takes a core, and pooled frames
-# cost a fresh buffer each. ``--threads`` (or the config's ``args``) is for nodes
-# with cores to spare.
-DEFAULT_THREADS = 1
-
-
 class _LogTarget:
     """Where and how records go, decided without importing ``log``: the generated
     containerd config always sets a log file, but a record is written only on failure
@@ -342,7 +342,6 @@ def run(args: Any) -> int:
     target = _log_target(args)
     given = args.media_type or os.environ.get(ENV_MEDIA_TYPE) or None
     media_type = given
-    threads = args.threads or DEFAULT_THREADS
     set_signal_handler(SIGTERM, _on_sigterm)
     drain = PayloadDrain().start()
     result = DecodeResult(media_type)
@@ -384,7 +383,7 @@ def run(args: Any) -> int:
             media_type,
             args.max_output_bytes,
             args.max_window_size,
-            threads=threads,
+            threads=args.threads,
             verify_dm_verity=_env_switch(args.verify_dm_verity, ENV_VERIFY_DM_VERITY),
             verify_frame_hashes=_env_switch(args.verify_frame_hashes, ENV_VERIFY_FRAME_HASHES),
             tune_malloc=True,  # this process decodes one layer and exits
